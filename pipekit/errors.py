@@ -1,0 +1,37 @@
+"""The pipekit exception family.
+
+Every error pipekit raises derives from :class:`PipekitError`, so a caller can
+catch one name. Messages name the file, key, frame or URL and what was expected.
+"""
+
+
+class PipekitError(Exception):
+    """Base class of every error raised by pipekit."""
+
+
+class PipelineError(PipekitError):
+    """A pipeline step failed, or the pipeline itself cannot run or load."""
+
+
+class ConfigError(PipekitError):
+    """A configuration file is missing, unreadable or invalid."""
+
+
+class FrameError(PipekitError):
+    """A frame cannot be read or used (corrupt, no image, no WCS, ...)."""
+
+
+class ArchiveError(PipekitError):
+    """The archive refused a request or a download failed its checks."""
+
+
+class ArchiveAuthError(ArchiveError):
+    """The archive rejected the credentials (HTTP 401/403)."""
+
+
+class TOMError(PipekitError):
+    """The TOM refused a request or returned something unexpected."""
+
+
+class LockError(PipekitError):
+    """A dataset is locked by another live process."""

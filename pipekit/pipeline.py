@@ -1,0 +1,630 @@
+"""The step engine: tagged steps, selection by tag, run, resume and checkpoints.
+
+A :class:`Pipeline` is an ordered list of :class:`PipelineStep`. Running it
+records each step's outcome and dill-pickles the whole pipeline to
+``<log>/pipeline.p`` before and after every step, so a crashed run is picked
+up with ``load(path).run(resume=True)``.
+"""
+
+import copy
+import datetime as _dt
+import html
+import inspect
+import io
+import logging
+import pickle
+import sys
+import time
+import traceback
+import types
+from pathlib import Path
+
+import dill
+
+from .atomic import write_bytes_atomic
+from .errors import PipelineError
+
+__all__ = ["Pipeline", "PipelineStep", "PipelineError", "load", "CHECKPOINT_FORMAT"]
+
+log = logging.getLogger("pipekit.pipeline")
+
+#: Version of the checkpoint layout. Bump it when a pickled Pipeline written
+#: by an older pipekit can no longer be resumed by this one.
+CHECKPOINT_FORMAT = 1
+
+#: File name of the checkpoint inside the pipeline's ``log`` path.
+CHECKPOINT_NAME = "pipeline.p"
+LOG_NAME = "pipeline.log"
+
+#: A step result that pickles to more than this many bytes earns a warning:
+#: big data belongs in files, or every checkpoint gets slower.
+LARGE_RESULT_BYTES = 5 * 1024 * 1024
+
+STATUSES = ("success", "error")
+
+
+class _CheckpointPickler(pickle.Pickler):
+    """The C pickler, handing to dill only what must travel by value.
+
+    Functions and classes defined in ``__main__`` (a notebook, a script),
+    lambdas and local functions cannot be pickled by reference: dill pickles
+    those by value. Everything else goes through the fast C pickler, which
+    makes a checkpoint some 30 times cheaper than a whole-object dill dump.
+    The result loads with ``pickle.load`` and ``dill.load`` alike.
+    """
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (types.FunctionType, type)) and _needs_value(obj):
+            return dill.loads, (dill.dumps(obj, recurse=True),)
+        return NotImplemented
+
+
+def _needs_value(obj):
+    module = getattr(obj, "__module__", None)
+    return module in (None, "__main__", "__mp_main__") or "<" in obj.__qualname__
+
+
+def dumps(obj):
+    """Pickle ``obj`` as checkpoints do: C pickler, dill where it must."""
+    buffer = io.BytesIO()
+    try:
+        _CheckpointPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    except Exception:  # noqa: BLE001 - dill can pickle more (locks, ...); let it try
+        return dill.dumps(obj, recurse=True)
+    return buffer.getvalue()
+
+
+def _now():
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class PipelineStep:
+    """One step of a :class:`Pipeline`: a function, its arguments and its outcome.
+
+    Parameters
+    ----------
+    func : callable
+        The step's work. It should return a dict with ``"status"``
+        (``"success"`` or ``"error"``). A function that declares a parameter
+        ``pipeline`` or ``step`` receives the running pipeline or this step.
+    tags : list of str or str, optional
+        Tags used to select steps; a single string is one tag.
+    name : str, optional
+        Unique name within the pipeline (default: the function's name,
+        suffixed when repeated).
+    ignore_errors : bool
+        A returned status ``"error"`` does not stop the run.
+    ignore_exceptions : bool
+        An exception is logged, the step's status becomes ``"error"`` and the
+        run goes on.
+    retries : int
+        Re-run a step that raised up to this many more times, with backoff.
+    **func_kwargs
+        Keyword arguments for ``func``; deep-copied for every call.
+
+    Attributes
+    ----------
+    status : str
+        ``"not run"``, ``"running"``, ``"success"``, ``"error"``,
+        ``"unknown"`` (the function returned no status dict) or
+        ``"interrupted"``.
+    result : object
+        What the function returned.
+    error : str or None
+        The traceback text of the last exception, or the error message.
+    started, finished : str or None
+        ISO timestamps (UTC).
+    duration : float or None
+        Seconds.
+    attempts : int
+        Number of calls in the last run of this step.
+    """
+
+    def __init__(self, func, tags=None, name=None, ignore_errors=False,
+                 ignore_exceptions=False, retries=0, **func_kwargs):
+        if not callable(func):
+            raise PipelineError(f"step function must be callable, not {type(func).__name__}")
+        if isinstance(tags, str):
+            tags = [tags]
+        if int(retries) < 0:
+            raise PipelineError(f"retries must be >= 0, not {retries!r}")
+        self.func = func
+        self.tags = list(tags or [])
+        self.name = name or _func_name(func)
+        self.ignore_errors = bool(ignore_errors)
+        self.ignore_exceptions = bool(ignore_exceptions)
+        self.retries = int(retries)
+        self.func_kwargs = func_kwargs
+        self.reset()
+
+    def reset(self):
+        """Forget the outcome of any earlier run."""
+        self.status = "not run"
+        self.result = None
+        self.error = None
+        self.started = None
+        self.finished = None
+        self.duration = None
+        self.attempts = 0
+
+    def call(self, pipeline=None):
+        """Call the function once with fresh copies of its arguments."""
+        kwargs = copy.deepcopy(self.func_kwargs)
+        wanted = _parameters(self.func)
+        if "pipeline" in wanted and "pipeline" not in kwargs:
+            kwargs["pipeline"] = pipeline
+        if "step" in wanted and "step" not in kwargs:
+            kwargs["step"] = self
+        return self.func(**kwargs)
+
+    def __repr__(self):
+        return (f"PipelineStep(name={self.name!r}, tags={self.tags!r}, "
+                f"status={self.status!r})")
+
+
+def _func_name(func):
+    name = getattr(func, "__name__", None) or type(func).__name__
+    return "lambda" if name == "<lambda>" else name
+
+
+def _parameters(func):
+    try:
+        return inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+class Pipeline:
+    """An ordered list of tagged steps that can be run, selected and resumed.
+
+    Parameters
+    ----------
+    paths : dict of str to path-like, optional
+        Named folders. ``"log"`` holds the checkpoint ``pipeline.p`` and the
+        log ``pipeline.log``; without it nothing is written.
+    name : str, optional
+        A name for logs and summaries.
+    create_paths : {True, False, "prompt"}
+        Create missing folders, refuse them (``PipelineError``), or ask on a
+        terminal (with no terminal, ``PipelineError`` instead of hanging).
+
+    Examples
+    --------
+    >>> pipe = Pipeline(paths={"log": "logs"}, name="ogle-0034")  # doctest: +SKIP
+    >>> pipe.add_step(measure, tags=["photometry"], red_dir="...")  # doctest: +SKIP
+    >>> pipe.run(["photometry"])  # doctest: +SKIP
+    >>> load("logs/pipeline.p").run(resume=True)  # doctest: +SKIP
+    """
+
+    #: Seconds before the first retry of a step that raised; doubles each time.
+    retry_backoff = 1.0
+    #: Longest wait between two retries, in seconds.
+    retry_backoff_max = 60.0
+
+    def __init__(self, paths=None, name=None, create_paths=True):
+        self.name = name or "pipeline"
+        self.paths = {key: Path(value) for key, value in (paths or {}).items()}
+        self.steps = []
+        self.run_steps = []
+        self.run_step_idx = 0
+        self.status = "not run"
+        self.failed_step = None
+        self.started = None
+        self.finished = None
+        self.checkpoint_error = None
+        self._warned = set()
+        self._prepare_paths(create_paths)
+
+    # -- building ---------------------------------------------------------
+
+    def _prepare_paths(self, create_paths):
+        missing = [p for p in self.paths.values() if not p.is_dir()]
+        if not missing:
+            return
+        listing = ", ".join(str(p) for p in missing)
+        if create_paths == "prompt":
+            if not (sys.stdin and sys.stdin.isatty()):
+                raise PipelineError(
+                    f"pipeline {self.name!r}: folders {listing} do not exist and there is no "
+                    "terminal to ask; pass create_paths=True to create them")
+            answer = input(f"Create missing folders {listing}? [y/n] ").strip().lower()
+            if answer not in ("y", "yes"):
+                raise PipelineError(f"pipeline {self.name!r}: folders {listing} not created")
+        elif not create_paths:
+            raise PipelineError(
+                f"pipeline {self.name!r}: folders {listing} do not exist; create them or "
+                "pass create_paths=True")
+        for path in missing:
+            path.mkdir(parents=True, exist_ok=True)
+
+    def add_step(self, func, tags=None, name=None, ignore_errors=False,
+                 ignore_exceptions=False, retries=0, **func_kwargs):
+        """Append a step and return it.
+
+        Parameters are those of :class:`PipelineStep`. Without ``name`` the
+        function's name is used, suffixed ``_2``, ``_3``... when repeated.
+
+        Returns
+        -------
+        PipelineStep
+        """
+        taken = {s.name for s in self.steps}
+        if name is not None and name in taken:
+            raise PipelineError(f"pipeline {self.name!r} already has a step named {name!r}")
+        step = PipelineStep(func, tags=tags, name=name, ignore_errors=ignore_errors,
+                            ignore_exceptions=ignore_exceptions, retries=retries,
+                            **func_kwargs)
+        if name is None:
+            base, n = step.name, 1
+            while step.name in taken:
+                n += 1
+                step.name = f"{base}_{n}"
+        self.steps.append(step)
+        return step
+
+    def step(self, name):
+        """Return the step called ``name`` (``PipelineError`` if none)."""
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise PipelineError(f"pipeline {self.name!r} has no step named {name!r}; "
+                            f"its steps are {[s.name for s in self.steps]}")
+
+    def select(self, run_tags=None, ignore_tags=None, run_steps=None):
+        """The steps a run would execute, in order.
+
+        ``run_tags`` keeps steps with any of those tags (all steps when None);
+        ``run_steps`` is an explicit list of steps or step names instead;
+        ``ignore_tags`` then drops steps with any of those tags and takes
+        precedence. A single string is one tag.
+        """
+        if run_tags is not None and run_steps is not None:
+            raise PipelineError("give run_tags or run_steps, not both")
+        run_tags = [run_tags] if isinstance(run_tags, str) else run_tags
+        ignore_tags = set([ignore_tags] if isinstance(ignore_tags, str) else ignore_tags or [])
+        if run_steps is not None:
+            chosen = [self.step(s) if isinstance(s, str) else self._own(s) for s in run_steps]
+        elif run_tags is not None:
+            wanted = set(run_tags)
+            chosen = [s for s in self.steps if wanted.intersection(s.tags)]
+        else:
+            chosen = list(self.steps)
+        return [s for s in chosen if not ignore_tags.intersection(s.tags)]
+
+    def _own(self, step):
+        if not any(step is s for s in self.steps):
+            raise PipelineError(f"step {step.name!r} does not belong to pipeline {self.name!r}")
+        return step
+
+    # -- running ----------------------------------------------------------
+
+    def run(self, run_tags=None, ignore_tags=None, run_steps=None, resume=False,
+            start_idx=None, ignore_errors=None, ignore_exceptions=None):
+        """Run the selected steps in order.
+
+        Parameters
+        ----------
+        run_tags : list of str or str, optional
+            Run only steps with any of these tags.
+        ignore_tags : list of str or str, optional
+            Skip steps with any of these tags (wins over ``run_tags``).
+        run_steps : list of PipelineStep or str, optional
+            An explicit list of steps (or names) to run instead of tags.
+        resume : bool
+            Keep the previous run's selection and go on from
+            ``run_step_idx`` (or ``start_idx``). With no previous run, start
+            fresh.
+        start_idx : int, optional
+            Index into the selection to start at.
+        ignore_errors, ignore_exceptions : bool, optional
+            Override every step's flag for this run only.
+
+        Returns
+        -------
+        Pipeline
+            ``self``, so ``load(p).run(resume=True).status`` reads well.
+
+        Raises
+        ------
+        PipelineError
+            A step returned status ``"error"`` or raised, and its flags did
+            not say to go on. The checkpoint then has ``run_step_idx`` on the
+            failed step, so ``run(resume=True)`` retries it.
+        """
+        if resume and self.run_steps:
+            idx = self.run_step_idx if start_idx is None else start_idx
+        else:
+            self.run_steps = self.select(run_tags, ignore_tags, run_steps)
+            idx = start_idx or 0
+        if not 0 <= idx <= len(self.run_steps):
+            raise PipelineError(f"start_idx {idx} is outside the {len(self.run_steps)} "
+                                f"selected steps of pipeline {self.name!r}")
+        for step in self.run_steps[idx:]:
+            step.reset()
+        self.run_step_idx = idx
+        self.status = "running"
+        self.failed_step = None
+        self.started, self.finished = _now(), None
+        handler = self._open_log()
+        try:
+            log.info("pipeline %s: running %d of %d steps from index %d%s", self.name,
+                     len(self.run_steps) - idx, len(self.steps), idx,
+                     " (resumed)" if resume else "")
+            while self.run_step_idx < len(self.run_steps):
+                step = self.run_steps[self.run_step_idx]
+                self._run_step(step, ignore_errors, ignore_exceptions)
+                self.run_step_idx += 1
+            self.status = "success" if self.failed_step is None else "error"
+            self.finished = _now()
+            self.checkpoint()
+            log.info("pipeline %s: finished, status %s", self.name, self.status)
+        finally:
+            self._close_log(handler)
+        return self
+
+    def _run_step(self, step, ignore_errors, ignore_exceptions):
+        ignore_errors = step.ignore_errors if ignore_errors is None else ignore_errors
+        ignore_exceptions = (step.ignore_exceptions if ignore_exceptions is None
+                             else ignore_exceptions)
+        step.reset()
+        step.status = "running"
+        step.started = _now()
+        self.checkpoint()
+        t0 = time.monotonic()
+        exc = None
+        try:
+            while True:
+                step.attempts += 1
+                try:
+                    result = step.call(pipeline=self)
+                    exc = None
+                    break
+                except Exception as err:  # noqa: BLE001 - every failure is recorded
+                    exc = err
+                    step.error = traceback.format_exc()
+                    if step.attempts > step.retries:
+                        break
+                    delay = min(self.retry_backoff * 2 ** (step.attempts - 1),
+                                self.retry_backoff_max)
+                    log.warning("step %s: attempt %d of %d raised %s: %s; retrying in %.1f s",
+                                step.name, step.attempts, step.retries + 1,
+                                type(err).__name__, err, delay)
+                    time.sleep(delay)
+        except BaseException:
+            # KeyboardInterrupt or SystemExit: record it, keep the step to resume.
+            self._finish_step(step, "interrupted", None, t0)
+            step.error = traceback.format_exc()
+            self.status = "interrupted"
+            self.checkpoint()
+            raise
+        if exc is not None:
+            self._finish_step(step, "error", None, t0)
+            message = (f"step {step.name!r} of pipeline {self.name!r} raised "
+                       f"{type(exc).__name__}: {exc}")
+            if ignore_exceptions:
+                log.error("%s (ignored, the run goes on)\n%s", message, step.error)
+                self.failed_step = self.failed_step or step.name
+                self.checkpoint()
+                return
+            self._fail(step)
+            raise PipelineError(message) from exc
+        status = result.get("status") if isinstance(result, dict) else None
+        status = status if status in STATUSES else "unknown"
+        self._finish_step(step, status, result, t0)
+        self._check_size(step)
+        if status == "error":
+            step.error = str(result.get("message") or result.get("error") or result)
+            message = (f"step {step.name!r} of pipeline {self.name!r} returned status "
+                       f"'error': {step.error}")
+            if not ignore_errors:
+                self._fail(step)
+                raise PipelineError(message)
+            log.error("%s (ignored, the run goes on)", message)
+            self.failed_step = self.failed_step or step.name
+        self.checkpoint()
+
+    def _finish_step(self, step, status, result, t0):
+        step.status = status
+        step.result = result
+        step.finished = _now()
+        step.duration = time.monotonic() - t0
+        level = logging.INFO if status in ("success", "unknown") else logging.ERROR
+        log.log(level, "step %s [%s]: %s in %.3f s (%d attempt%s)", step.name,
+                ",".join(step.tags), status, step.duration, step.attempts,
+                "" if step.attempts == 1 else "s")
+
+    def _fail(self, step):
+        self.status = "error"
+        self.failed_step = step.name
+        self.finished = _now()
+        self.checkpoint()
+
+    def _check_size(self, step):
+        if step.result is None or ("size", step.name) in self._warned:
+            return
+        try:
+            size = len(dumps(step.result))
+        except Exception:  # noqa: BLE001 - reported by checkpoint() instead
+            return
+        if size > LARGE_RESULT_BYTES:
+            self._warned.add(("size", step.name))
+            log.warning("step %s returned a result of %.1f MB; every checkpoint carries it. "
+                        "Write big data to files and return their paths.",
+                        step.name, size / 1e6)
+
+    # -- checkpoints and logs ---------------------------------------------
+
+    @property
+    def checkpoint_path(self):
+        """``<log>/pipeline.p``, or None when the pipeline has no log path."""
+        folder = self.paths.get("log")
+        return folder / CHECKPOINT_NAME if folder is not None else None
+
+    def checkpoint(self, path=None):
+        """Write the pipeline to its checkpoint atomically; return the path.
+
+        The pipeline is pickled in memory first, so an object that cannot be
+        pickled leaves the previous checkpoint untouched; the offending step
+        and object are named once in a warning and the run goes on.
+        """
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            return None
+        try:
+            blob = dumps(self)
+        except Exception as err:  # noqa: BLE001 - any pickling failure
+            self.checkpoint_error = self._explain_pickle_failure(err)
+            if self.checkpoint_error not in self._warned:
+                self._warned.add(self.checkpoint_error)
+                log.warning("checkpoint %s not updated: %s", path, self.checkpoint_error)
+            return None
+        self.checkpoint_error = None
+        write_bytes_atomic(path, blob)
+        return path
+
+    def _explain_pickle_failure(self, err):
+        for step in self.steps:
+            for label, value in (("result", step.result), ("arguments", step.func_kwargs),
+                                 ("function", step.func)):
+                try:
+                    dumps(value)
+                except Exception as inner:  # noqa: BLE001
+                    culprit = _find_unpicklable(value)
+                    return (f"step {step.name!r} {label} holds an object that cannot be "
+                            f"pickled: {culprit} ({type(inner).__name__}: {inner})")
+        return f"the pipeline cannot be pickled ({type(err).__name__}: {err})"
+
+    def _open_log(self):
+        folder = self.paths.get("log")
+        if folder is None:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(folder / LOG_NAME, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        root = logging.getLogger("pipekit")
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+        root.addHandler(handler)
+        return handler
+
+    @staticmethod
+    def _close_log(handler):
+        if handler is not None:
+            logging.getLogger("pipekit").removeHandler(handler)
+            handler.close()
+
+    # -- pickling -----------------------------------------------------------
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_warned"] = set()
+        state["_checkpoint_format"] = CHECKPOINT_FORMAT
+        return state
+
+    def __setstate__(self, state):
+        version = state.pop("_checkpoint_format", None)
+        if version != CHECKPOINT_FORMAT:
+            raise PipelineError(
+                f"this checkpoint has format {version!r} but this pipekit reads format "
+                f"{CHECKPOINT_FORMAT}; resume it with the pipekit version that wrote it")
+        self.__dict__.update(state)
+
+    @classmethod
+    def load(cls, path):
+        """Load a pipeline from its checkpoint (see :func:`load`)."""
+        return load(path)
+
+    # -- display ----------------------------------------------------------
+
+    def _rows(self):
+        for i, s in enumerate(self.steps):
+            duration = "" if s.duration is None else f"{s.duration:.2f} s"
+            yield i, s.name, ", ".join(s.tags), s.status, duration, s.attempts
+
+    def __repr__(self):
+        head = (f"Pipeline {self.name!r}: {len(self.steps)} steps, status {self.status}, "
+                f"next step index {self.run_step_idx} of {len(self.run_steps)} selected")
+        rows = [("#", "name", "tags", "status", "duration", "attempts")]
+        rows += [tuple(str(c) for c in row) for row in self._rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        return "\n".join([head] + lines)
+
+    def _repr_html_(self):
+        colours = {"success": "#d4edda", "error": "#f8d7da", "running": "#fff3cd",
+                   "interrupted": "#f8d7da", "unknown": "#e2e3e5"}
+        head = "".join(f"<th>{h}</th>" for h in
+                       ("#", "name", "tags", "status", "duration", "attempts"))
+        body = []
+        for row in self._rows():
+            style = colours.get(row[3], "")
+            cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
+            body.append(f'<tr style="background:{style}">{cells}</tr>' if style
+                        else f"<tr>{cells}</tr>")
+        return (f"<p><b>Pipeline {html.escape(self.name)}</b>: status "
+                f"{html.escape(self.status)}</p><table><thead><tr>{head}</tr></thead>"
+                f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _find_unpicklable(value, depth=0):
+    """Name the innermost part of ``value`` that cannot be pickled."""
+    if depth < 4:
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, (list, tuple, set)):
+            items = enumerate(value)
+        else:
+            items = getattr(value, "__dict__", {}).items() if depth else ()
+        for key, item in items:
+            try:
+                dumps(item)
+            except Exception:  # noqa: BLE001
+                return f"[{key!r}] " + _find_unpicklable(item, depth + 1)
+    return f"{type(value).__module__}.{type(value).__qualname__} {_short_repr(value)}"
+
+
+def _short_repr(value, limit=80):
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001
+        text = "<unrepresentable>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def load(path):
+    """Load a pipeline from a checkpoint written by :meth:`Pipeline.checkpoint`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``pipeline.p`` file, or the ``log`` folder that holds one.
+
+    Returns
+    -------
+    Pipeline
+
+    Raises
+    ------
+    PipelineError
+        The file is missing, not a pipekit checkpoint, or of a format this
+        pipekit cannot resume.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.exists():
+        raise PipelineError(f"no checkpoint at {path}")
+    try:
+        with open(path, "rb") as fh:
+            pipe = dill.load(fh)
+    except PipelineError as err:
+        raise PipelineError(f"cannot load {path}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - anything unpickling can raise
+        raise PipelineError(f"cannot load {path}: not a readable pipekit checkpoint "
+                            f"({type(err).__name__}: {err})") from err
+    if not isinstance(pipe, Pipeline):
+        raise PipelineError(f"{path} holds a {type(pipe).__name__}, not a pipekit Pipeline")
+    return pipe
+
