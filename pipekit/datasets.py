@@ -1,0 +1,571 @@
+"""Sort downloaded frames into datasets, configure new datasets, list datasets.
+
+A dataset is one folder ``<reduction_dir>/<target>/<instrument class>/<filter>/`` holding
+``data/`` (the frames) and ``reduction_config.yaml``. Frames that cannot be placed go to
+``<reduction_dir>/_set_aside/<reason>/``; sorting never loses or overwrites a frame.
+"""
+
+import filecmp
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+from .atomic import TMP_PREFIX
+from .config import write_reduction_config
+from .errors import ConfigError, FrameError
+from .frames import CALIBRATION_OBSTYPES, read_frame_info
+
+__all__ = [
+    "SortResult", "safe_name", "dataset_dir", "sort_frames", "configure_dataset",
+    "list_datasets", "select_datasets", "frame_day", "frame_files", "is_dataset_locked",
+    "SET_ASIDE_DIR", "CONFIG_NAME",
+]
+
+log = logging.getLogger("pipekit.datasets")
+
+#: Folder (inside the reduction folder) for frames sort could not place.
+SET_ASIDE_DIR = "_set_aside"
+#: A dataset's configuration file.
+CONFIG_NAME = "reduction_config.yaml"
+#: File names that count as frames.
+FRAME_SUFFIXES = (".fits", ".fits.fz", ".fit", ".fts", ".fits.gz")
+
+
+@dataclass
+class SortResult:
+    """What `sort_frames` did.
+
+    Attributes
+    ----------
+    sorted : dict
+        Dataset folder -> list of frame paths now in its ``data/``.
+    set_aside : list of (Path, str)
+        Frames moved to ``_set_aside/<reason>/``: (new path, reason).
+    left_for_later : list of Path
+        Frames left in the download folder because their dataset is locked.
+    new_datasets : list of Path
+        Dataset folders created by this sort.
+    dropped_duplicates : list of Path
+        Frames already present, byte for byte, at their destination; the
+        download copy was removed.
+    failed : list of (Path, str)
+        Frames that could not be moved (left where they were): (path, reason).
+    """
+
+    sorted: dict = field(default_factory=dict)
+    set_aside: list = field(default_factory=list)
+    left_for_later: list = field(default_factory=list)
+    new_datasets: list = field(default_factory=list)
+    dropped_duplicates: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+
+    @property
+    def n_sorted(self):
+        """Number of frames moved into datasets."""
+        return sum(len(v) for v in self.sorted.values())
+
+    @property
+    def n_set_aside(self):
+        """Number of frames set aside."""
+        return len(self.set_aside)
+
+
+def safe_name(object_name):
+    """A filesystem-safe folder name for a target (or filter) name.
+
+    Letters, digits and ``. _ + -`` are kept; every other run of characters
+    (spaces, slashes, colons, ...) becomes one ``_``. Never empty, never
+    starting with ``.``, at most 100 characters.
+
+    Parameters
+    ----------
+    object_name : str
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> safe_name("GJ 3470")
+    'GJ_3470'
+    >>> safe_name("OGLE-2024-BLG-0034")
+    'OGLE-2024-BLG-0034'
+    """
+    text = str(object_name if object_name is not None else "").strip()
+    text = re.sub(r"[^A-Za-z0-9._+-]+", "_", text)
+    text = text.strip("._")[:100].rstrip("._")
+    return text or "unnamed"
+
+
+def dataset_dir(reduction_dir, info):
+    """The dataset folder of a frame: ``<reduction_dir>/<target>/<class>/<filter>``.
+
+    Parameters
+    ----------
+    reduction_dir : str or os.PathLike
+    info : FrameInfo
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    FrameError
+        Naming the frame and the header keys it lacks.
+    """
+    missing = [key for key, value in (("OBJECT", info.target),
+                                      ("INSTRUME (known class)", info.instrument_class),
+                                      ("FILTER", info.filter)) if not value]
+    if missing:
+        raise FrameError(f"{info.path or info.filename}: cannot place in a dataset, header lacks "
+                         f"{', '.join(missing)}")
+    return (Path(reduction_dir) / safe_name(info.target) / info.instrument_class
+            / safe_name(info.filter))
+
+
+def frame_files(folder):
+    """Frame files directly in ``folder`` (sorted by name), skipping hidden and temporary files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith((".", TMP_PREFIX))
+                  and p.name.lower().endswith(FRAME_SUFFIXES))
+
+
+def is_dataset_locked(red_dir):
+    """True when ``red_dir`` is locked by a live reduction (see `pipekit.locks`)."""
+    try:
+        from .locks import is_locked
+    except ImportError:  # locks.py not there: the lock file's existence is the lock
+        return (Path(red_dir) / "dataset.lock").exists()
+    return is_locked(red_dir)
+
+
+# ---- moving without ever losing a frame -------------------------------------------
+
+def _same_bytes(a, b):
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
+def _move(src, dest):
+    """Move ``src`` to ``dest`` (which must not exist), across filesystems if need be."""
+    try:
+        # os.link refuses to replace; then drop the source: a crash in between leaves two
+        # identical copies, never none.
+        os.link(src, dest)
+    except (FileExistsError, FileNotFoundError):
+        raise
+    except OSError:
+        if dest.exists():
+            raise FileExistsError(dest) from None
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + dest.name + ".", dir=dest.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    try:
+        os.unlink(src)
+    except FileNotFoundError:  # a concurrent sort saw the identical copy and dropped it
+        pass
+
+
+def _free_name(folder, name):
+    """``name`` in ``folder``, or ``name`` with ``.1``, ``.2`` ... before its FITS suffix."""
+    suffix = next((s for s in sorted(FRAME_SUFFIXES, key=len, reverse=True)
+                   if name.lower().endswith(s)), Path(name).suffix)
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    n = 1
+    while (folder / f"{stem}.{n}{suffix}").exists():
+        n += 1
+    return folder / f"{stem}.{n}{suffix}"
+
+
+def _set_aside(src, reduction_dir, reason, detail, result):
+    folder = Path(reduction_dir) / SET_ASIDE_DIR / reason
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / src.name
+    if dest.exists():
+        if _same_bytes(src, dest):
+            src.unlink()
+            result.dropped_duplicates.append(src)
+            log.info("%s: identical copy already set aside in %s; download copy removed",
+                     src.name, folder)
+            return
+        dest = _free_name(folder, src.name)
+    try:
+        _move(src, dest)
+    except FileNotFoundError:
+        if src.exists():
+            raise
+        log.info("%s: gone before it could be set aside (another sort moved it?)", src)
+        return
+    result.set_aside.append((dest, reason))
+    log.warning("set aside %s -> %s/%s: %s", src.name, SET_ASIDE_DIR, reason, detail)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        with open(Path(reduction_dir) / SET_ASIDE_DIR / "set_aside.log", "a",
+                  encoding="utf-8") as fh:
+            fh.write(f"{stamp}\t{reason}\t{dest.relative_to(reduction_dir)}\t{detail}\n")
+    except OSError as exc:
+        log.warning("cannot append to set_aside.log: %s", exc)
+
+
+def _classify(info):
+    """(reason, detail) when the frame is not a science frame of a known dataset, else None."""
+    if info.obstype != "EXPOSE":
+        if info.obstype in CALIBRATION_OBSTYPES:
+            return "calibration", f"OBSTYPE {info.obstype}"
+        return "not_science", (f"OBSTYPE {info.obstype}" if info.obstype else "OBSTYPE missing")
+    if info.instrument_class is None:
+        return "unknown_instrument", f"INSTRUME {info.instrument!r} is not a known LCO camera"
+    if not info.target or not info.filter:
+        lacking = [k for k, v in (("OBJECT", info.target), ("FILTER", info.filter)) if not v]
+        return "incomplete_header", f"header lacks {', '.join(lacking)}"
+    return None
+
+
+def sort_frames(download_dir, reduction_dir, frame_paths=None):
+    """Move downloaded frames into their datasets.
+
+    Science frames (``OBSTYPE`` EXPOSE) go to ``<dataset>/data/``.
+    Calibration frames, other non-science frames, unknown instruments, frames
+    lacking OBJECT/FILTER and unreadable files go to
+    ``<reduction_dir>/_set_aside/<reason>/`` (``calibration``, ``not_science``,
+    ``unknown_instrument``, ``incomplete_header``, ``unreadable``,
+    ``duplicate``), each logged with its reason. Frames of a locked dataset
+    stay in the download folder for the next run.
+
+    A frame already in place with identical bytes is dropped from the download
+    folder; one with the same name but different bytes is set aside as
+    ``duplicate``. No frame is ever overwritten or lost.
+
+    Parameters
+    ----------
+    download_dir : str or os.PathLike
+        Folder of new frames.
+    reduction_dir : str or os.PathLike
+        The datasets' root.
+    frame_paths : list of path, optional
+        Sort only these; default every FITS file directly in ``download_dir``.
+
+    Returns
+    -------
+    SortResult
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``download_dir`` does not exist.
+
+    Examples
+    --------
+    >>> result = sort_frames("downloads", "reduction")  # doctest: +SKIP
+    >>> result.n_sorted, [str(p) for p in result.new_datasets]  # doctest: +SKIP
+    (42, ['reduction/OGLE-2024-BLG-0034/sinistro/ip'])
+    """
+    download_dir = Path(download_dir)
+    reduction_dir = Path(reduction_dir)
+    if frame_paths is None:
+        if not download_dir.is_dir():
+            raise FileNotFoundError(f"{download_dir}: download folder does not exist")
+        frame_paths = frame_files(download_dir)
+    reduction_dir.mkdir(parents=True, exist_ok=True)
+    result = SortResult()
+    locked = {}
+    for src in map(Path, frame_paths):
+        try:
+            _sort_one(src, reduction_dir, result, locked)
+        except Exception as exc:  # one bad frame never stops the sort
+            log.error("%s: could not be sorted, left in place (%s: %s)", src,
+                      type(exc).__name__, exc)
+            result.failed.append((src, f"{type(exc).__name__}: {exc}"))
+    log.info("sorted %d frame(s) into %d dataset(s) (%d new); %d set aside; %d left for "
+             "later (locked); %d failed", result.n_sorted, len(result.sorted),
+             len(result.new_datasets), result.n_set_aside, len(result.left_for_later),
+             len(result.failed))
+    return result
+
+
+def _sort_one(src, reduction_dir, result, locked):
+    if not src.exists():
+        log.info("%s: gone before it could be sorted (another sort moved it?)", src)
+        return
+    try:
+        info = read_frame_info(src)
+    except FrameError as exc:
+        if not src.exists():
+            log.info("%s: gone while being read (another sort moved it?)", src)
+            return
+        _set_aside(src, reduction_dir, "unreadable", str(exc), result)
+        return
+    problem = _classify(info)
+    if problem:
+        _set_aside(src, reduction_dir, *problem, result)
+        return
+    red_dir = dataset_dir(reduction_dir, info)
+    if red_dir not in locked:
+        locked[red_dir] = is_dataset_locked(red_dir)
+    if locked[red_dir]:
+        result.left_for_later.append(src)
+        log.info("%s: dataset %s is locked; frame left for the next run", src.name, red_dir)
+        return
+    data_dir = red_dir / "data"
+    if not data_dir.is_dir():
+        if red_dir not in result.new_datasets:
+            result.new_datasets.append(red_dir)
+            log.info("new dataset %s", red_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+    dest = data_dir / src.name
+    if dest.exists():
+        if _same_bytes(src, dest):
+            src.unlink()
+            result.dropped_duplicates.append(src)
+            log.info("%s: already in %s with identical bytes; download copy removed",
+                     src.name, data_dir)
+            return
+        _set_aside(src, reduction_dir, "duplicate",
+                   f"{dest} exists with different content", result)
+        return
+    try:
+        _move(src, dest)
+    except FileExistsError:  # appeared between the check and the move
+        _set_aside(src, reduction_dir, "duplicate", f"{dest} appeared during the move", result)
+        return
+    except FileNotFoundError:
+        if not src.exists():  # another sort took it meanwhile
+            log.info("%s: gone before it could be moved (another sort moved it?)", src)
+            return
+        raise
+    result.sorted.setdefault(red_dir, []).append(dest)
+    log.debug("%s -> %s", src.name, data_dir)
+
+
+# ---- configuring and listing datasets ---------------------------------------------
+
+def _sexagesimal(value, hours):
+    """Degrees -> 'HH:MM:SS.sss' (hours) or '+DD:MM:SS.ss'."""
+    from astropy.coordinates import Angle
+    from astropy import units as u
+
+    if hours:
+        return Angle(value, u.deg).to_string(unit=u.hourangle, sep=":", precision=3, pad=True)
+    return Angle(value, u.deg).to_string(unit=u.deg, sep=":", precision=2, pad=True,
+                                         alwayssign=True)
+
+
+def configure_dataset(red_dir, template=None):
+    """Write a new dataset's ``reduction_config.yaml`` from its frames' headers.
+
+    The target's name is the frames' ``OBJECT``; its position is the catalogue
+    position ``CAT-RA``/``CAT-DEC`` (stable across dithers), else ``RA``/``DEC``.
+
+    Parameters
+    ----------
+    red_dir : str or os.PathLike
+        The dataset folder (holding ``data/``).
+    template : str or os.PathLike, optional
+        Template config; default ``pipekit/templates/reduction_config.yaml``.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The new config, or None when one already exists (never overwritten)
+        or no frame gives a target name and position (logged).
+
+    Examples
+    --------
+    >>> configure_dataset("reduction/OGLE-2024-BLG-0034/sinistro/ip")  # doctest: +SKIP
+    PosixPath('reduction/OGLE-2024-BLG-0034/sinistro/ip/reduction_config.yaml')
+    """
+    red_dir = Path(red_dir)
+    config_path = red_dir / CONFIG_NAME
+    if config_path.exists():
+        log.debug("%s exists; left as it is", config_path)
+        return None
+    for frame in frame_files(red_dir / "data"):
+        try:
+            info = read_frame_info(frame)
+        except FrameError as exc:
+            log.warning("%s", exc)
+            continue
+        if info.target and info.cat_ra is not None and info.cat_dec is not None:
+            break
+    else:
+        log.warning("%s: no readable frame with OBJECT and RA/DEC in %s; not configured",
+                    red_dir, red_dir / "data")
+        return None
+    try:
+        return write_reduction_config(config_path, info.target,
+                                      _sexagesimal(info.cat_ra, hours=True),
+                                      _sexagesimal(info.cat_dec, hours=False),
+                                      template=template)
+    except ConfigError as exc:
+        if config_path.exists():  # another process wrote it first
+            log.debug("%s", exc)
+            return None
+        raise
+
+
+def list_datasets(reduction_dir):
+    """Dataset folders under ``reduction_dir``: those with a config or a ``data/`` folder.
+
+    ``_set_aside`` and hidden folders are skipped.
+
+    Parameters
+    ----------
+    reduction_dir : str or os.PathLike
+
+    Returns
+    -------
+    list of pathlib.Path
+        Sorted.
+    """
+    reduction_dir = Path(reduction_dir)
+    found = []
+    for root, dirs, files in os.walk(reduction_dir):
+        here = Path(root)
+        if here != reduction_dir and (CONFIG_NAME in files or "data" in dirs):
+            found.append(here)
+            dirs[:] = []  # a dataset's own folders are not datasets
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+    return sorted(found)
+
+
+# ---- selecting datasets -----------------------------------------------------------
+
+# site, telescope, camera, DAY-OBS, frame number, type + reduction level
+_LCO_NAME = re.compile(
+    r"^[a-z]{3}[0-9a-z]{4,5}-(?P<camera>[a-z]{2}\d{2})-(?P<day>\d{8})-\d{4}-[a-z]\d\d",
+    re.IGNORECASE)
+
+
+def frame_day(path):
+    """The observing day of a frame: DAY-OBS from an LCO file name, else the header's DATE-OBS.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    datetime.date or None
+        None when neither gives a date (unreadable frame).
+    """
+    match = _LCO_NAME.match(Path(path).name)
+    if match:
+        try:
+            return datetime.strptime(match.group("day"), "%Y%m%d").date()
+        except ValueError:
+            pass
+    try:
+        info = read_frame_info(path)
+    except FrameError:
+        return None
+    return date.fromisoformat(info.date_obs[:10]) if info.date_obs else None
+
+
+def _uses_instrument(red_dir, wanted):
+    if red_dir.parent.name.lower() in wanted:       # <target>/<class>/<filter>
+        return True
+    for frame in frame_files(red_dir / "data"):
+        match = _LCO_NAME.match(frame.name)
+        if match and match.group("camera").lower() in wanted:
+            return True
+    return False
+
+
+def _has_frame_between(red_dir, first, last):
+    for frame in frame_files(red_dir / "data"):
+        day = frame_day(frame)
+        if day is not None and first <= day and (last is None or day <= last):
+            return True
+    return False
+
+
+def select_datasets(reduction_dir, selection=None, instrument_list=None, now=None):
+    """The datasets a reduction manager should run.
+
+    Parameters
+    ----------
+    reduction_dir : str or os.PathLike
+        The datasets' root.
+    selection : pipekit.config.DatasetSelection, optional
+        ``group``: ``"all"`` (default); ``"date"``: datasets with a frame observed
+        from ``start_date`` to ``end_date`` inclusive (``end_date`` None: up to
+        now); ``"recent"``: a frame observed in the last ``ndays`` days;
+        ``"file"``: the dataset folders listed in ``file``, one a line (absolute, or
+        relative to ``reduction_dir``; blank lines and ``#`` comments skipped), in
+        that order. Days are observing days (DAY-OBS of LCO file names).
+    instrument_list : list of str, optional
+        Keep datasets of these instrument classes (``sinistro``, ...) or cameras
+        (``fa15``, ...); empty or None keeps all.
+    now : datetime, optional
+        "Now" in UTC for ``recent`` and an open ``date`` range.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Locked datasets are included: skipping them is the caller's choice.
+
+    Raises
+    ------
+    ConfigError
+        When ``group`` is ``file`` and the file cannot be read.
+    """
+    reduction_dir = Path(reduction_dir)
+    now = now or datetime.now(timezone.utc)
+    group = getattr(selection, "group", "all") or "all"
+    if group == "file":
+        listing = Path(selection.file)
+        try:
+            lines = listing.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{listing}: cannot read the dataset list "
+                              f"(dataset_selection.file): {exc}") from exc
+        known = set(list_datasets(reduction_dir))
+        chosen = []
+        for line in lines:
+            entry = line.split("#", 1)[0].strip()
+            if not entry:
+                continue
+            red_dir = Path(os.path.normpath(reduction_dir / entry))
+            if red_dir in known and red_dir not in chosen:
+                chosen.append(red_dir)
+            elif red_dir not in known:
+                log.warning("%s: %s is not a dataset under %s; skipped", listing, entry,
+                            reduction_dir)
+    else:
+        chosen = list_datasets(reduction_dir)
+        if group == "date":
+            first = selection.start_date.date()
+            last = selection.end_date.date() if selection.end_date else now.date()
+            chosen = [d for d in chosen if _has_frame_between(d, first, last)]
+        elif group == "recent":
+            first = (now - timedelta(days=float(selection.ndays))).date()
+            chosen = [d for d in chosen if _has_frame_between(d, first, None)]
+        elif group != "all":
+            raise ConfigError(f"dataset_selection.group = {group!r}: expected one of "
+                              "all, date, recent, file")
+    if instrument_list:
+        wanted = {name.lower() for name in instrument_list}
+        chosen = [d for d in chosen if _uses_instrument(d, wanted)]
+    log.info("selected %d dataset(s) under %s (group %s)", len(chosen), reduction_dir, group)
+    return chosen
