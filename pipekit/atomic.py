@@ -17,6 +17,16 @@ __all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "TMP_PREFI
 TMP_PREFIX = ".pipekit-tmp-"
 
 
+def _current_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; outputs should get the usual 0666 & ~umask.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb", encoding=None):
     """Open a temporary file that replaces ``path`` only when the block succeeds.
@@ -46,6 +56,7 @@ def atomic_write(path, mode="wb", encoding=None):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         if mode == "w":
             fh = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
         else:

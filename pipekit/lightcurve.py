@@ -1,0 +1,284 @@
+"""Light curves from a dataset's per-frame photometry: the ECSV table, the TOM CSV, the plot.
+
+`build_lightcurve` normalises the stored photometry with the field-star ensemble;
+`write_lightcurve` writes ``<target>_<filter>_lc.ecsv`` (with its provenance),
+``<target>_<filter>_lc.csv`` for the TOM Toolkit and ``lightcurve.png``, all atomically.
+"""
+
+import csv
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_bytes_atomic, write_text_atomic
+from .errors import PipekitError
+from .photometry import (FLAGS, NON_POSITIVE, NORMALISATION, OFF_FRAME, REFERENCE_STARS,
+                         REJECTED_FRAMES, normalise_ensemble)
+
+__all__ = ["LightCurve", "build_lightcurve", "write_lightcurve", "tom_csv_text",
+           "plot_lightcurve", "lightcurve_paths", "DEFAULT_ZEROPOINT"]
+
+log = logging.getLogger("pipekit.lightcurve")
+
+#: Instrumental magnitudes are ``DEFAULT_ZEROPOINT - 2.5 log10(normalised flux)``.
+DEFAULT_ZEROPOINT = 25.0
+
+
+@dataclass
+class LightCurve:
+    """A target's light curve in one filter, with what it was made from.
+
+    Attributes
+    ----------
+    table : astropy.table.Table
+        ``time`` (BJD_TDB), ``mjd_utc`` (mid-exposure), ``flux``, ``flux_err`` (normalised
+        ADU), ``mag``, ``mag_err`` (instrumental), ``frame``, ``flags``; sorted by time. The
+        provenance is in ``table.meta``.
+    target, filter : str
+    rejected : dict
+        Frame name -> reason for every frame left out.
+    """
+
+    table: object
+    target: str
+    filter: str
+    rejected: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.table)
+
+
+def _safe_name(text):
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_") or "target"
+
+
+def lightcurve_paths(red_dir, target, filter):
+    """The three output paths: ``(ecsv, csv, png)`` inside ``red_dir``."""
+    red_dir = Path(red_dir)
+    stem = f"{_safe_name(target)}_{_safe_name(filter)}_lc"
+    return red_dir / f"{stem}.ecsv", red_dir / f"{stem}.csv", red_dir / "lightcurve.png"
+
+
+def _plain(value):
+    """Numpy scalars and paths to plain Python, so ECSV meta is clean YAML."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _config_dict(config):
+    """The reduction config as written (YAML), else its dataclass fields."""
+    import dataclasses
+
+    import yaml
+
+    source = getattr(config, "source", None)
+    if source and Path(source).is_file():
+        try:
+            return yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            pass
+    if dataclasses.is_dataclass(config):
+        return _plain(dataclasses.asdict(config))
+    return {}
+
+
+def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
+    """Normalise a dataset's stored photometry into the target's light curve.
+
+    Parameters
+    ----------
+    red_dir : str or Path
+        The dataset folder; reads ``photometry/*.ecsv`` written by
+        :func:`pipekit.photometry.measure_dataset`.
+    config : pipekit.config.ReductionConfig, optional
+        Default: ``<red_dir>/reduction_config.yaml``.
+    zeropoint : float
+        Instrumental magnitude zero point.
+
+    Returns
+    -------
+    LightCurve
+
+    Raises
+    ------
+    PipekitError
+        When there is no photometry at all, or no frame survives.
+    """
+    from astropy.table import Table
+
+    from . import __version__
+    from .photometry import _load_config
+
+    red_dir = Path(red_dir)
+    config = _load_config(red_dir, config)
+    phot_dir = red_dir / "photometry"
+    ref_path = phot_dir / REFERENCE_STARS
+    if not ref_path.exists():
+        raise PipekitError(f"{ref_path}: no reference star list; run the photometry step first")
+    stars = Table.read(ref_path, format="ascii.ecsv")
+    rejected = {}
+    rej_path = phot_dir / REJECTED_FRAMES
+    if rej_path.exists():
+        rejected.update(json.loads(rej_path.read_text(encoding="utf-8")))
+    tables = []
+    for path in sorted(phot_dir.glob("*.ecsv")):
+        if path.name == REFERENCE_STARS or path.name.startswith("."):
+            continue
+        t = Table.read(path, format="ascii.ecsv")
+        frame = t.meta.get("frame", path.stem)
+        if len(t) != len(stars) or not np.array_equal(np.asarray(t["id"]), np.asarray(stars["id"])):
+            rejected[frame] = (f"{path}: measured with a different star list than {ref_path}; "
+                               "delete it to measure the frame again")
+            continue
+        tables.append(t)
+    if not tables:
+        raise PipekitError(f"{phot_dir}: no per-frame photometry to build a light curve from "
+                           f"(rejected frames: {rejected or 'none'})")
+    tables.sort(key=lambda t: t.meta["bjd_tdb"])
+    F = np.array([np.asarray(t["flux"], float) for t in tables])
+    E = np.array([np.asarray(t["flux_err"], float) for t in tables])
+    G = np.array([np.asarray(t["flags"], int) for t in tables])
+    min_stars = int(config.photometry.min_comparison_stars)
+    ens = normalise_ensemble(F, E, G, exclude=(0,), min_stars=min_stars)
+    keep = np.ones(len(tables), bool)
+    for i, t in enumerate(tables):
+        if G[i, 0] & OFF_FRAME:
+            rejected[t.meta["frame"]] = "target outside the frame (or the WCS cannot place it)"
+            keep[i] = False
+        elif not np.isfinite(ens.zero_point[i]):
+            rejected[t.meta["frame"]] = (f"only {ens.n_comparison[i]} usable comparison stars "
+                                         f"(photometry.min_comparison_stars = {min_stars})")
+            keep[i] = False
+    if not keep.any():
+        raise PipekitError(f"{red_dir}: every measured frame was rejected: {rejected}")
+    idx = np.flatnonzero(keep)
+    flux = ens.flux[idx, 0]
+    err = ens.flux_err[idx, 0]
+    flags = G[idx, 0].copy()
+    flags[~(flux > 0)] |= NON_POSITIVE
+    flags[~np.isfinite(ens.zero_point[idx])] |= NORMALISATION
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mag = np.where(flux > 0, zeropoint - 2.5 * np.log10(flux), np.nan)
+        mag_err = np.where(flux > 0, 2.5 / np.log(10) * err / flux, np.nan)
+    frames = [tables[i].meta["frame"] for i in idx]
+    filters = sorted({str(tables[i].meta.get("filter")) for i in idx})
+    filt = filters[0] if len(filters) == 1 else "+".join(filters)
+    table = Table({
+        "time": np.array([tables[i].meta["bjd_tdb"] for i in idx]),
+        "mjd_utc": np.array([tables[i].meta["mjd_mid_utc"] for i in idx]),
+        "flux": flux, "flux_err": err, "mag": mag, "mag_err": mag_err,
+        "frame": frames, "flags": flags.astype(np.int32),
+    })
+    table["time"].unit = "d"
+    table["time"].description = "mid-exposure BJD_TDB of the target (JD, TDB, barycentric)"
+    table["mjd_utc"].unit = "d"
+    table["mjd_utc"].description = "mid-exposure MJD (UTC) at the observatory"
+    table["flux"].description = "target flux normalised by the comparison-star ensemble (ADU)"
+    table["flux_err"].description = "1-sigma error of flux, ensemble uncertainty included"
+    table["mag"].unit = "mag"
+    table["mag"].description = f"instrumental magnitude, {zeropoint} - 2.5 log10(flux)"
+    table["mag_err"].unit = "mag"
+    table["flags"].description = "bit flags: " + ", ".join(f"{b}={n}" for b, n in FLAGS.items())
+    first = tables[idx[0]].meta
+    comp = np.flatnonzero(ens.comparison)
+    table.meta = _plain({
+        "pipekit_version": __version__,
+        "target": config.target.name, "ra_deg": config.target.ra, "dec_deg": config.target.dec,
+        "filter": filt,
+        "time_scale": "tdb", "time_reference": "solar system barycentre",
+        "time_format": "jd", "time_position": "mid-exposure (DATE-OBS + EXPTIME / 2)",
+        "reduction_config": _config_dict(config),
+        "aperture_radius_px": float(np.median([tables[i].meta["radius_px"] for i in idx])),
+        "annulus_px": [float(first["annulus_in_px"]), float(first["annulus_out_px"])],
+        "reference_frame": stars.meta.get("reference_frame"),
+        "zeropoint": zeropoint,
+        "comparison_stars": [{"id": int(stars["id"][j]), "ra": float(stars["ra"][j]),
+                              "dec": float(stars["dec"][j]),
+                              "reference_flux": float(ens.reference_flux[j]),
+                              "chi2": float(ens.chi2[j])} for j in comp],
+        "rejected_frames": dict(sorted(rejected.items())),
+        "flags": {int(b): n for b, n in FLAGS.items()},
+    })
+    log.info("%s: light curve of %s in %s: %d points (%d flagged), %d frames rejected",
+             red_dir, config.target.name, filt, len(table), int((flags != 0).sum()), len(rejected))
+    return LightCurve(table=table, target=config.target.name, filter=filt, rejected=rejected)
+
+
+def tom_csv_text(lc):
+    """The TOM Toolkit photometry CSV: ``time`` (MJD UTC), ``filter``, ``magnitude``, ``error``.
+
+    Only unflagged points with a finite magnitude go to the TOM: saturated, edge or
+    normalisation-failed points stay in the ECSV, marked, but are not published.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["time", "filter", "magnitude", "error"])
+    t = lc.table
+    for row in t:
+        if row["flags"] == 0 and np.isfinite(row["mag"]) and np.isfinite(row["mag_err"]):
+            writer.writerow([f"{row['mjd_utc']:.6f}", lc.filter, f"{row['mag']:.5f}",
+                             f"{row['mag_err']:.5f}"])
+    return buf.getvalue()
+
+
+def plot_lightcurve(lc, path):
+    """Plot magnitudes against BJD_TDB with error bars; flagged points marked. Writes a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    t = lc.table
+    time = np.asarray(t["time"], float)
+    offset = np.floor(time.min()) if len(time) else 0.0
+    mag = np.asarray(t["mag"], float)
+    err = np.asarray(t["mag_err"], float)
+    flagged = np.asarray(t["flags"]) != 0
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    good = ~flagged & np.isfinite(mag)
+    ax.errorbar(time[good] - offset, mag[good], yerr=err[good], fmt="o", ms=3, color="k",
+                ecolor="0.5", elinewidth=0.8, label=f"{lc.filter} ({good.sum()})")
+    bad = flagged & np.isfinite(mag)
+    if bad.any():
+        ax.errorbar(time[bad] - offset, mag[bad], yerr=err[bad], fmt="x", ms=5, color="tab:red",
+                    ecolor="tab:red", elinewidth=0.8, label=f"flagged ({bad.sum()})")
+    ax.invert_yaxis()
+    ax.set_xlabel(f"BJD_TDB - {offset:.0f}")
+    ax.set_ylabel("instrumental magnitude")
+    ax.set_title(f"{lc.target}  {lc.filter}")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+def write_lightcurve(lc, red_dir):
+    """Write the ECSV, the TOM CSV and the plot into ``red_dir``, each atomically.
+
+    Returns
+    -------
+    dict
+        ``{"ecsv": Path, "csv": Path, "png": Path}``.
+    """
+    ecsv, csv_path, png = lightcurve_paths(red_dir, lc.target, lc.filter)
+    buf = io.StringIO()
+    lc.table.write(buf, format="ascii.ecsv")
+    write_text_atomic(ecsv, buf.getvalue())
+    write_text_atomic(csv_path, tom_csv_text(lc))
+    plot_lightcurve(lc, png)
+    return {"ecsv": ecsv, "csv": csv_path, "png": png}
