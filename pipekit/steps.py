@@ -1,0 +1,379 @@
+"""The science and service functions wrapped as pipeline steps.
+
+Each step takes plain arguments (paths, names), calls the plain functions of
+the modules it adapts, logs what it did and returns a small status dict:
+``{"status": "success" | "error", <counts>, <output paths>}``. Big data goes
+to files; the dict stays small so checkpoints stay cheap.
+"""
+
+import logging
+
+log = logging.getLogger("pipekit.steps")
+
+# ---- section: download (archive.py) ---------------------------------------
+
+#: Failures listed in full in a download status; beyond this only counted.
+MAX_LISTED_FAILURES = 20
+
+
+def download(config_path, max_workers=4, progress=False, now=None):
+    """Download the new frames of every active archive and proposal.
+
+    Reads ``data_download.yaml``: every active archive, every proposal in
+    it, over ``start_datetime``..``end_datetime`` (or the 24 h before now).
+    Records are collected across proposals, then fetched concurrently into
+    ``data_download_dir``; frames already in ``frame_list`` or already in
+    the folder (with or without ``.fz``) are skipped.
+
+    Parameters
+    ----------
+    config_path : str or os.PathLike
+        The ``data_download.yaml``.
+    max_workers : int
+        Concurrent downloads per archive.
+    progress : bool
+        Show a progress bar (on a terminal or in Jupyter).
+    now : datetime, optional
+        "Now" for the default window (tests, replays).
+
+    Returns
+    -------
+    dict
+        ``status`` (``"error"`` if any query or frame failed: a resumed run
+        fetches only what is missing), ``n_found``, ``n_downloaded``,
+        ``n_skipped``, ``n_failed``, ``failures`` (up to
+        ``MAX_LISTED_FAILURES`` ``[name, reason]`` pairs), ``download_dir``,
+        ``frame_list``, ``start``, ``end``, ``n_bytes``, ``seconds``.
+    """
+    from .archive import ArchiveError, FrameList, LocalArchive, archive_from_config, \
+        download_frames
+    from .config import load_download_config
+
+    config = load_download_config(config_path)
+    start, end = config.window(now)
+    folder = config.data_download_dir
+    frame_list = FrameList(config.frame_list)
+    totals = {"n_found": 0, "n_downloaded": 0, "n_skipped": 0, "n_failed": 0,
+              "n_bytes": 0, "seconds": 0.0}
+    failures = []
+    for archive_config in config.archives.values():
+        if not archive_config.active:
+            log.info("archive %s is not active: skipped", archive_config.name)
+            continue
+        archive = archive_from_config(archive_config)
+        proposals = list(archive_config.proposals)
+        if not proposals:
+            if not isinstance(archive, LocalArchive):
+                log.warning("archive %s lists no proposals: nothing to query",
+                            archive_config.name)
+                continue
+            proposals = [None]
+        records = []
+        for proposal in proposals:
+            try:
+                records.extend(archive.query(proposal, start, end,
+                                             reduction_level=archive_config.reduction_level_image))
+            except ArchiveError as exc:  # one proposal failing stops no other
+                log.error("archive %s, proposal %s: %s", archive_config.name, proposal, exc)
+                failures.append([f"{archive_config.name}:{proposal}", str(exc)])
+                totals["n_failed"] += 1
+        result = download_frames(archive, records, folder, frame_list,
+                                 max_workers=max_workers, progress=progress)
+        for key in ("n_found", "n_downloaded", "n_skipped", "n_failed", "n_bytes", "seconds"):
+            totals[key] += getattr(result, key)
+        failures.extend([name, reason] for name, reason in result.failures)
+    status = "error" if failures else "success"
+    log.info("download: %d found, %d downloaded, %d skipped, %d failed (%s to %s)",
+             totals["n_found"], totals["n_downloaded"], totals["n_skipped"], totals["n_failed"],
+             start, end)
+    return {"status": status, **totals, "failures": failures[:MAX_LISTED_FAILURES],
+            "download_dir": str(folder), "frame_list": str(config.frame_list),
+            "start": start.isoformat(), "end": end.isoformat()}
+
+# ---- end section: download --------------------------------------------------
+
+# ---- section: sort and configure (datasets.py, config.py) -----------------
+
+def sort(download_dir, reduction_dir):
+    """Step: move downloaded frames into their datasets (`pipekit.datasets.sort_frames`).
+
+    Parameters
+    ----------
+    download_dir, reduction_dir : str or os.PathLike
+
+    Returns
+    -------
+    dict
+        ``status``, ``n_sorted``, ``n_set_aside``, ``n_left_for_later``,
+        ``n_duplicates_dropped``, ``n_failed``, ``datasets`` (folders that
+        received frames), ``new_datasets``, ``set_aside`` (``{reason: count}``),
+        ``failed`` (``[[path, reason]]``). One bad frame never fails the step;
+        a missing download folder does.
+    """
+    from collections import Counter
+
+    from .datasets import sort_frames
+
+    try:
+        result = sort_frames(download_dir, reduction_dir)
+    except FileNotFoundError as exc:
+        log.error("sort: %s", exc)
+        return {"status": "error", "error": str(exc), "n_sorted": 0, "n_set_aside": 0}
+    return {
+        "status": "success",
+        "n_sorted": result.n_sorted,
+        "n_set_aside": result.n_set_aside,
+        "n_left_for_later": len(result.left_for_later),
+        "n_duplicates_dropped": len(result.dropped_duplicates),
+        "n_failed": len(result.failed),
+        "datasets": [str(p) for p in result.sorted],
+        "new_datasets": [str(p) for p in result.new_datasets],
+        "set_aside": dict(Counter(reason for _, reason in result.set_aside)),
+        "failed": [[str(p), reason] for p, reason in result.failed],
+    }
+
+
+def configure(reduction_dir, template=None):
+    """Step: write ``reduction_config.yaml`` for every dataset that lacks one.
+
+    Existing configs are never touched (`pipekit.datasets.configure_dataset`).
+
+    Parameters
+    ----------
+    reduction_dir : str or os.PathLike
+    template : str or os.PathLike, optional
+        Template config (``default_red_config`` of ``data_download.yaml``);
+        default pipekit's own.
+
+    Returns
+    -------
+    dict
+        ``status``, ``n_configured``, ``configs`` (new config paths),
+        ``n_existing``, ``n_unconfigured`` and ``unconfigured`` (dataset
+        folders no frame could configure, or whose config failed, with why).
+    """
+    from pathlib import Path
+
+    from .datasets import CONFIG_NAME, configure_dataset, list_datasets
+    from .errors import PipekitError
+
+    if template is not None and not Path(template).is_file():
+        msg = f"{template}: reduction config template not found"
+        log.error("configure: %s", msg)
+        return {"status": "error", "error": msg, "n_configured": 0, "configs": []}
+    configs, unconfigured, n_existing = [], [], 0
+    for red_dir in list_datasets(reduction_dir):
+        if (Path(red_dir) / CONFIG_NAME).exists():
+            n_existing += 1
+            continue
+        try:
+            path = configure_dataset(red_dir, template=template)
+        except PipekitError as exc:
+            log.error("configure %s: %s", red_dir, exc)
+            unconfigured.append([str(red_dir), str(exc)])
+            continue
+        if path is None:
+            if (Path(red_dir) / CONFIG_NAME).exists():
+                n_existing += 1
+            else:
+                unconfigured.append([str(red_dir), "no readable frame with OBJECT and RA/DEC"])
+        else:
+            configs.append(str(path))
+    log.info("configure: %d new config(s), %d existing, %d dataset(s) not configured",
+             len(configs), n_existing, len(unconfigured))
+    return {"status": "success", "n_configured": len(configs), "configs": configs,
+            "n_existing": n_existing, "n_unconfigured": len(unconfigured),
+            "unconfigured": unconfigured}
+
+# ---- end section: sort and configure ---------------------------------------
+
+# ---- section: photometry and lightcurve (photometry.py, lightcurve.py) ----
+
+_MAX_LISTED = 50  # rejected frames listed in a step result; the full list is on disk
+
+
+def _first(mapping, n=_MAX_LISTED):
+    return dict(list(sorted(mapping.items()))[:n])
+
+
+def photometry(red_dir):
+    """Step: measure every frame of a dataset not yet measured (`pipekit.photometry`).
+
+    Reads ``<red_dir>/reduction_config.yaml``; per-frame results go to
+    ``<red_dir>/photometry/``, so a resumed run measures only the frames left.
+
+    Parameters
+    ----------
+    red_dir : str or os.PathLike
+        The dataset folder.
+
+    Returns
+    -------
+    dict
+        ``status``, ``n_frames``, ``n_measured`` (this run), ``n_skipped`` (already done),
+        ``n_rejected``, ``rejected`` (frame -> reason, first 50), ``reference_frame``,
+        ``n_stars``, ``photometry_dir``. ``"error"`` when the config cannot be read, the
+        dataset holds no frame, or no frame could be measured at all.
+    """
+    from pathlib import Path
+
+    from .errors import PipekitError
+    from .photometry import REJECTED_FRAMES, measure_dataset
+
+    red_dir = Path(red_dir)
+    try:
+        result = measure_dataset(red_dir)
+    except PipekitError as exc:
+        log.error("photometry: %s", exc)
+        return {"status": "error", "error": str(exc), "red_dir": str(red_dir)}
+    done = len(result.measured) + len(result.skipped)
+    status = {
+        "status": "success" if done else "error",
+        "red_dir": str(red_dir),
+        "n_frames": result.n_frames,
+        "n_measured": len(result.measured),
+        "n_skipped": len(result.skipped),
+        "n_rejected": len(result.rejected),
+        "rejected": _first(result.rejected),
+        "reference_frame": result.reference_frame,
+        "n_stars": result.n_stars,
+        "photometry_dir": str(result.photometry_dir),
+        "rejected_file": str(result.photometry_dir / REJECTED_FRAMES),
+    }
+    if not done:
+        status["error"] = (f"{red_dir}: no frame measured ({result.n_frames} frames in "
+                           f"{red_dir / 'data'}, {len(result.rejected)} rejected)")
+        log.error("photometry: %s", status["error"])
+    else:
+        log.info("photometry %s: %d measured, %d already done, %d rejected", red_dir,
+                 status["n_measured"], status["n_skipped"], status["n_rejected"])
+    return status
+
+
+def lightcurve(red_dir):
+    """Step: build and write the dataset's light curve (`pipekit.lightcurve`).
+
+    Parameters
+    ----------
+    red_dir : str or os.PathLike
+        The dataset folder, photometry already measured.
+
+    Returns
+    -------
+    dict
+        ``status``, ``n_points``, ``n_flagged``, ``n_rejected``, ``rejected`` (frame ->
+        reason, first 50), ``ecsv``, ``csv``, ``png`` (paths).
+    """
+    from pathlib import Path
+
+    from .errors import PipekitError
+    from .lightcurve import build_lightcurve, write_lightcurve
+
+    red_dir = Path(red_dir)
+    try:
+        lc = build_lightcurve(red_dir)
+    except PipekitError as exc:
+        log.error("lightcurve: %s", exc)
+        return {"status": "error", "error": str(exc), "red_dir": str(red_dir)}
+    paths = write_lightcurve(lc, red_dir)
+    n_flagged = int((lc.table["flags"] != 0).sum())
+    log.info("lightcurve %s: %d points (%d flagged) -> %s", red_dir, len(lc), n_flagged,
+             paths["ecsv"])
+    return {
+        "status": "success",
+        "red_dir": str(red_dir),
+        "target": lc.target,
+        "filter": lc.filter,
+        "n_points": len(lc),
+        "n_flagged": n_flagged,
+        "n_rejected": len(lc.rejected),
+        "rejected": _first(lc.rejected),
+        **{key: str(path) for key, path in paths.items()},
+    }
+
+# ---- end section: photometry and lightcurve --------------------------------
+
+# ---- section: upload (tom.py) ----------------------------------------------
+
+def _find_tom_csv(red_dir, target_name):
+    """The dataset's TOM CSV: ``<target>_<filter>_lc.csv``, else the one ``*_lc.csv``."""
+    from pathlib import Path
+
+    from .lightcurve import lightcurve_paths
+
+    red_dir = Path(red_dir)
+    exact = lightcurve_paths(red_dir, target_name, red_dir.name)[1]
+    if exact.is_file():
+        return exact
+    found = sorted(p for p in red_dir.glob("*_lc.csv") if not p.name.startswith("."))
+    if len(found) == 1:
+        return found[0]
+    return None
+
+
+def upload(red_dir):
+    """Upload the dataset's light curve to the TOM named in its reduction config.
+
+    Reads ``tom.upload``, ``tom.config_file`` and ``tom.data_label`` from
+    ``<red_dir>/reduction_config.yaml`` and the TOM's address and credentials
+    from that ``tom_config.yaml``. The data product's label is
+    ``<data_label>_<instrument class>_<filter>`` (from the dataset folder), so
+    each dataset of a target keeps its own product and a re-run replaces
+    only its own.
+
+    Parameters
+    ----------
+    red_dir : str or os.PathLike
+        The dataset folder ``<data_reduction_dir>/<target>/<instrument class>/<filter>/``.
+
+    Returns
+    -------
+    dict
+        ``status`` "success" with ``skipped: True`` when ``tom.upload`` is
+        false; else ``product_id``, ``product`` (the TOM's id), ``target_id``,
+        ``data_label``, ``points``, ``already_existed``, ``replaced`` and
+        ``csv``; ``skipped: True`` too when the CSV holds no points. ``status``
+        "error" when the dataset has no light curve CSV.
+
+    Raises
+    ------
+    ConfigError, TOMError
+        A bad config or a TOM failure (the step's ``retries`` apply).
+    """
+    from pathlib import Path
+
+    from .config import load_reduction_config, load_tom_config
+    from .tom import TOMClient
+
+    red_dir = Path(red_dir)
+    config = load_reduction_config(red_dir / "reduction_config.yaml")
+    if not config.tom.upload:
+        log.info("%s: tom.upload is false; nothing uploaded", red_dir)
+        return {"status": "success", "skipped": True, "reason": "tom.upload is false"}
+    csv_path = _find_tom_csv(red_dir, config.target.name)
+    if csv_path is None:
+        from .lightcurve import lightcurve_paths
+
+        expected = lightcurve_paths(red_dir, config.target.name, red_dir.name)[1].name
+        msg = f"{red_dir}: no light curve for the TOM ({expected}); run the lightcurve step first"
+        log.error(msg)
+        return {"status": "error", "error": msg}
+    with open(csv_path, encoding="utf-8") as fh:
+        rows = sum(1 for line in fh if line.strip()) - 1
+    if rows < 1:
+        # Every point flagged: nothing to publish, and the TOM's last good
+        # light curve is better left where it is.
+        log.warning("%s: %s has no points; nothing uploaded", red_dir, csv_path.name)
+        return {"status": "success", "skipped": True, "reason": f"{csv_path.name} has no points",
+                "csv": str(csv_path)}
+    label = f"{config.tom.data_label}_{red_dir.parent.name}_{red_dir.name}"
+    with TOMClient.from_config(load_tom_config(config.tom.config_file)) as tom:
+        result = tom.upload_photometry(config.target.name, csv_path, label)
+    log.info("%s: uploaded %d points to the TOM as %s (replaced %s)", red_dir,
+             result["points"], result["product_id"], result["replaced"] or "nothing")
+    return {"status": "success", "skipped": False, "product_id": result["product_id"],
+            "product": result["id"], "target_id": result["target_id"], "data_label": label,
+            "points": result["points"], "already_existed": result["already_existed"],
+            "replaced": result["replaced"], "csv": str(csv_path)}
+
+# ---- end section: upload ----------------------------------------------------
