@@ -14,6 +14,7 @@ import io
 import logging
 import pickle
 import sys
+import threading
 import time
 import traceback
 import types
@@ -41,6 +42,11 @@ LOG_NAME = "pipeline.log"
 LARGE_RESULT_BYTES = 5 * 1024 * 1024
 
 STATUSES = ("success", "error")
+
+# Threads that are running a pipeline now. A pipeline's log file takes the
+# records of its own thread and of helper threads (download workers), but
+# not those of another pipeline run in a thread beside it.
+_RUNNING_THREADS = set()
 
 
 class _CheckpointPickler(pickle.Pickler):
@@ -503,6 +509,10 @@ class Pipeline:
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
+        own = threading.get_ident()
+        handler.addFilter(lambda record: record.thread == own
+                          or record.thread not in _RUNNING_THREADS)
+        _RUNNING_THREADS.add(own)
         root = logging.getLogger("pipekit")
         if root.level == logging.NOTSET or root.level > logging.INFO:
             root.setLevel(logging.INFO)
@@ -514,6 +524,7 @@ class Pipeline:
         if handler is not None:
             logging.getLogger("pipekit").removeHandler(handler)
             handler.close()
+            _RUNNING_THREADS.discard(threading.get_ident())
 
     # -- pickling -----------------------------------------------------------
 

@@ -445,3 +445,25 @@ def test_sigkill_during_checkpoint_writes_never_leaves_it_unreadable(tmp_path):
         # at most the step that was running when killed ran twice
         assert len(ran) - len(set(ran)) <= 1
     assert killed_mid_write >= 4
+
+
+def test_pipelines_run_in_threads_keep_their_own_logs(tmp_path):
+    import concurrent.futures as cf
+
+    def talk(who):
+        for i in range(20):
+            logging.getLogger("pipekit.test").info("message from %s %d", who, i)
+            time.sleep(0.001)
+        return ok()
+
+    pipes = []
+    for who in ("alpha", "beta"):
+        pipe = Pipeline(paths={"log": tmp_path / who}, name=who)
+        pipe.add_step(talk, who=who)
+        pipes.append(pipe)
+    with cf.ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda p: p.run(), pipes))
+    alpha = (tmp_path / "alpha" / "pipeline.log").read_text()
+    beta = (tmp_path / "beta" / "pipeline.log").read_text()
+    assert alpha.count("message from alpha") == 20 and "message from beta" not in alpha
+    assert beta.count("message from beta") == 20 and "message from alpha" not in beta

@@ -1,0 +1,230 @@
+"""The ``pipekit`` command: set up, download, reduce, manage, inspect, resume, demo.
+
+Exit codes: 0 success, 1 a pipeline failed (or a dataset was locked), 2 a
+usage or configuration error. Errors are one line on stderr; ``-v`` shows the
+library's log on stderr as it runs.
+"""
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from .errors import LockError, PipekitError, PipelineError
+
+__all__ = ["main"]
+
+TEMPLATES = ("data_download.yaml", "reduction_config.yaml", "reduction_manager_config.yaml",
+             "tom_config.yaml")
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out (exit code 2)."""
+
+
+def _say(text=""):
+    print(text, flush=True)
+
+
+# ---- commands ----------------------------------------------------------------
+
+def cmd_init(args):
+    from .config import template_path
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in TEMPLATES:
+        target = folder / name
+        if target.exists():
+            _say(f"kept     {target} (exists)")
+            continue
+        shutil.copyfile(template_path(name), target)
+        _say(f"written  {target}")
+    _say("Edit the files (paths, proposals, environment variable names), then run "
+         f"`pipekit download {folder / 'data_download.yaml'}`.")
+    return 0
+
+
+def _run(pipe, args):
+    tags = args.tags or None
+    try:
+        pipe.run(run_tags=tags, resume=args.resume)
+    finally:
+        _say(repr(pipe))
+        if pipe.checkpoint_path:
+            _say(f"checkpoint: {pipe.checkpoint_path}")
+    return 0 if pipe.status == "success" else 1
+
+
+def _resume_or_build(build, checkpoint, args):
+    from .pipeline import load
+    if args.resume and checkpoint.exists():
+        return load(checkpoint)
+    return build()
+
+
+def cmd_download(args):
+    from .config import load_download_config
+    from .workflows import download_pipeline
+    config = load_download_config(args.config)
+    checkpoint = Path(config.log_dir) / "pipeline.p"
+    pipe = _resume_or_build(lambda: download_pipeline(args.config), checkpoint, args)
+    return _run(pipe, args)
+
+
+def cmd_reduce(args):
+    from .workflows import reduction_pipeline
+    red_dir = Path(args.red_dir)
+    if not red_dir.is_dir():
+        raise UsageError(f"{red_dir} is not a dataset folder")
+    pipe = _resume_or_build(lambda: reduction_pipeline(red_dir),
+                            red_dir / "logs" / "pipeline.p", args)
+    return _run(pipe, args)
+
+
+def cmd_manage(args):
+    from .manager import Manager
+    client = None
+    kwargs = {"progress": not args.no_progress}
+    if args.max_parallel:
+        kwargs["max_parallel"] = args.max_parallel
+    if args.scheduler:
+        try:
+            from dask.distributed import Client
+        except ImportError as err:
+            raise UsageError("--scheduler needs Dask: pip install 'pipekit[dask]'") from err
+        client = Client(args.scheduler)
+        kwargs["executor"] = client
+    try:
+        manager = Manager.from_config(args.config, **kwargs)
+        summary = manager.run()
+    finally:
+        if client is not None:
+            client.close()
+    _say(repr(summary))
+    return 0 if summary.ok else 1  # a dataset skipped because it is locked is no failure
+
+
+def _checkpoint_of(path):
+    path = Path(path)
+    if path.is_file():
+        return path
+    for candidate in (path / "pipeline.p", path / "logs" / "pipeline.p"):
+        if candidate.is_file():
+            return candidate
+    raise UsageError(f"no checkpoint found at {path} (looked for pipeline.p and "
+                     "logs/pipeline.p)")
+
+
+def cmd_status(args):
+    from .locks import read_lock
+    from .pipeline import load
+    checkpoint = _checkpoint_of(args.path)
+    pipe = load(checkpoint)
+    _say(repr(pipe))
+    _say(f"checkpoint: {checkpoint}")
+    if pipe.failed_step:
+        error = pipe.step(pipe.failed_step).error or ""
+        _say(f"failed step: {pipe.failed_step}: {error.strip().splitlines()[-1] if error else ''}")
+    red_dir = getattr(pipe, "red_dir", None)
+    if red_dir is not None:
+        holder = read_lock(red_dir)
+        _say(f"lock: {holder.describe() if holder else 'none'}")
+    return 0 if pipe.status in ("success", "not run") else 1
+
+
+def cmd_resume(args):
+    from .pipeline import load
+    pipe = load(_checkpoint_of(args.path))
+    try:
+        pipe.run(resume=True)
+    finally:
+        _say(repr(pipe))
+    return 0 if pipe.status == "success" else 1
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+    result = run_demo(args.dir, n_frames=args.frames, seed=args.seed, out=_say)
+    return 0 if result["ok"] else 1
+
+
+# ---- parser ------------------------------------------------------------------
+
+def build_parser():
+    """The argument parser of the ``pipekit`` command."""
+    parser = argparse.ArgumentParser(
+        prog="pipekit", description="Resumable pipelines that reduce imaging time series.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the log on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("init", help="write commented template configs into DIR")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_init)
+
+    for name, helptext, arg, func in (
+            ("download", "download new frames, sort them, configure datasets", "config", cmd_download),
+            ("reduce", "reduce one dataset: photometry, light curve, upload", "red_dir", cmd_reduce)):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument(arg, metavar=arg.upper(),
+                       help="data_download.yaml" if arg == "config" else "the dataset folder")
+        p.add_argument("--tags", nargs="+", metavar="TAG", help="run only steps with these tags")
+        p.add_argument("--resume", action="store_true",
+                       help="resume the last run from its checkpoint")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("manage", help="reduce many datasets in parallel")
+    p.add_argument("config", metavar="CONFIG", help="reduction_manager_config.yaml")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="a Dask scheduler address (tcp://host:8786); default local processes")
+    p.add_argument("--max-parallel", type=int, metavar="N", help="override max_parallel")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_manage)
+
+    p = sub.add_parser("status", help="show the step table of a checkpoint or dataset")
+    p.add_argument("path", metavar="PATH", help="a pipeline.p, a log folder or a dataset")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("resume", help="resume a pipeline from its checkpoint")
+    p.add_argument("path", metavar="PATH", help="a pipeline.p, a log folder or a dataset")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("demo", help="simulate, serve, download, reduce and plot an event")
+    p.add_argument("dir", metavar="DIR", nargs="?", default="pipekit-demo")
+    p.add_argument("--frames", type=int, default=40, help="frames per dataset (default 40)")
+    p.add_argument("--seed", type=int, default=2026)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    """Run the ``pipekit`` command; return its exit code."""
+    args = build_parser().parse_args(argv)
+    if args.verbose:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("pipekit").addHandler(handler)
+        logging.getLogger("pipekit").setLevel(logging.INFO)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"pipekit {args.command}: {err}", file=sys.stderr)
+        return 2
+    except (PipelineError, LockError) as err:
+        print(f"pipekit {args.command}: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except PipekitError as err:  # configuration, frames, archive, TOM
+        print(f"pipekit {args.command}: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pipekit {args.command}: interrupted; resume with `pipekit resume`",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(err):
+    return " ".join(str(err).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

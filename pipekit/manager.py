@@ -1,0 +1,592 @@
+"""Run many pipelines side by side: a process pool by default, or any executor.
+
+Each pipeline travels to its worker as the path of its dill checkpoint (a
+string any executor can carry); the worker loads, runs and checkpoints it, and
+the parent reloads the checkpoint so ``Manager.pipelines`` shows every outcome.
+"""
+
+import concurrent.futures as cf
+import html
+import logging
+import multiprocessing
+import os
+import re
+import socket
+import tempfile
+import time
+import uuid
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import ConfigError, LockError, PipelineError
+from .pipeline import Pipeline, load
+
+__all__ = ["Manager", "Summary", "run_checkpoint"]
+
+log = logging.getLogger("pipekit.manager")
+
+#: The columns of a :class:`Summary`, in display order.
+SUMMARY_COLUMNS = ("name", "status", "failed_step", "duration", "error")
+
+_NOT_GIVEN = object()
+
+
+def run_checkpoint(path, run_kwargs=None, submitted_started=_NOT_GIVEN):
+    """Load a pipeline from its checkpoint, run it, and summarise the outcome.
+
+    This is the function every worker runs (a pool process, a thread, a Dask
+    worker). The pipeline checkpoints itself as it goes, so the checkpoint,
+    not the returned dict, is the full record.
+
+    Parameters
+    ----------
+    path : str
+        The pipeline's checkpoint (``<log>/pipeline.p``).
+    run_kwargs : dict, optional
+        Keyword arguments for :meth:`Pipeline.run` (``run_tags``,
+        ``ignore_tags``, ``resume``, ...).
+    submitted_started : str or None, optional
+        The pipeline's ``started`` time when the task was submitted. If the
+        checkpoint's differs, an earlier attempt of this same task already
+        began the run (a worker that died and was retried, as Dask does), so
+        this attempt resumes where that one stopped instead of starting over.
+
+    Returns
+    -------
+    dict
+        ``name``, ``status``, ``failed_step``, ``duration`` (s), ``error`` (one
+        line or None), ``checkpoint``, ``host``, ``pid``.
+
+    Examples
+    --------
+    >>> run_checkpoint("logs/pipeline.p", {"resume": True})  # doctest: +SKIP
+    {'name': 'ogle-0034', 'status': 'success', ...}
+    """
+    t0 = time.monotonic()
+    row = {"name": None, "status": "error", "failed_step": None, "duration": None,
+           "error": None, "checkpoint": str(path), "host": socket.gethostname(),
+           "pid": os.getpid()}
+    try:
+        pipe = load(path)
+    except PipelineError as err:
+        row["error"] = str(err)
+        return row
+    row["name"] = pipe.name
+    run_kwargs = dict(run_kwargs or {})
+    if submitted_started is not _NOT_GIVEN and pipe.started != submitted_started:
+        log.warning("pipeline %s: an earlier attempt of this task began at %s; resuming it",
+                    pipe.name, pipe.started)
+        run_kwargs = {**_resume_only(run_kwargs), "resume": True}
+    status = None
+    try:
+        pipe.run(**run_kwargs)
+    except PipelineError as err:
+        row["error"] = str(err)
+    except LockError as err:  # another live run holds the dataset: not a failure
+        row["error"] = str(err)
+        status = "skipped"
+    except Exception as err:  # noqa: BLE001 - reported in the summary, never lost
+        row["error"] = f"{type(err).__name__}: {err}"
+        status = "error"
+    if status is None:
+        status = pipe.status if pipe.status in ("success", "error") else "error"
+    row.update(status=status, failed_step=None if status == "skipped" else pipe.failed_step,
+               duration=round(time.monotonic() - t0, 3))
+    if row["status"] == "error" and row["error"] is None and pipe.failed_step:
+        # ignore_exceptions/ignore_errors let the run finish; name the first failure
+        row["error"] = _last_line(pipe.step(pipe.failed_step).error)
+    if pipe.checkpoint_error:
+        note = f"checkpoint not updated: {pipe.checkpoint_error}"
+        row["error"] = f"{row['error']}; {note}" if row["error"] else note
+    return row
+
+
+class Summary(list):
+    """One dict per pipeline (``name``, ``status``, ``failed_step``, ``duration``,
+    ``error``, ``checkpoint``, ``host``, ``pid``), shown as a table.
+
+    ``status`` is ``"success"``, ``"error"`` or ``"skipped"`` (its dataset was
+    locked by another live run). A plain list otherwise:
+    ``summary[0]["status"]``, ``len(summary)``.
+    """
+
+    @property
+    def failed(self):
+        """The rows whose status is ``"error"``."""
+        return [row for row in self if row["status"] == "error"]
+
+    @property
+    def ok(self):
+        """True when no pipeline failed (skipped ones do not count as failures)."""
+        return not self.failed
+
+    def _cells(self):
+        for row in self:
+            duration = "" if row.get("duration") is None else f"{row['duration']:.1f} s"
+            yield (str(row.get("name")), str(row.get("status")),
+                   str(row.get("failed_step") or ""), duration, str(row.get("error") or ""))
+
+    def __repr__(self):
+        counts = {}
+        for row in self:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        head = f"{len(self)} pipelines: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+        rows = [SUMMARY_COLUMNS] + [tuple(c if len(c) <= 70 else c[:67] + "..." for c in cells)
+                                    for cells in self._cells()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(SUMMARY_COLUMNS))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        return "\n".join([head] + lines)
+
+    def _repr_html_(self):
+        colours = {"success": "#d4edda", "error": "#f8d7da", "skipped": "#e2e3e5"}
+        head = "".join(f"<th>{c}</th>" for c in SUMMARY_COLUMNS)
+        body = []
+        for row, cells in zip(self, self._cells()):
+            tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+            style = colours.get(row["status"])
+            body.append(f'<tr style="background:{style}">{tds}</tr>' if style
+                        else f"<tr>{tds}</tr>")
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+class Manager:
+    """Run many pipelines at once and report how each one went.
+
+    Parameters
+    ----------
+    pipelines : iterable of Pipeline or path-like
+        Pipelines, or paths of their checkpoints (a ``pipeline.p`` or the
+        ``log`` folder that holds it).
+    max_parallel : int
+        Worker processes of the default pool. Ignored when ``executor`` is
+        given (the executor or cluster decides).
+    executor : concurrent.futures.Executor or dask.distributed.Client, optional
+        Where to run. Default: a pool of ``max_parallel`` processes started
+        with "spawn" (safe with threads, Jupyter and macOS), recreated if a
+        worker process dies.
+    progress : bool
+        Show a tqdm progress bar on stderr.
+    log_dir : path-like, optional
+        Where a pipeline without a ``log`` path gets one
+        (``<log_dir>/<index>-<name>/``). Default: a new temporary folder,
+        created only when needed. On a cluster, give a folder every worker
+        can see.
+
+    Attributes
+    ----------
+    pipelines : list of Pipeline
+        After `run`, each reloaded from its checkpoint: every step's outcome.
+    summary : Summary or None
+        The last `run`'s summary.
+    skipped : list of dict
+        Summary rows of datasets `from_config` did not run (locked, or an
+        invalid reduction config); added to every summary.
+    config : pipekit.config.ManagerConfig or None
+        The validated config, when built by `from_config`.
+
+    Notes
+    -----
+    Workers import the step functions by module and name, so define them in
+    an importable module; functions defined in a notebook or a script's
+    ``__main__`` travel by value through dill. A script that uses the default
+    pool must guard its entry point with ``if __name__ == "__main__":``, as
+    every "spawn" process pool requires.
+
+    Examples
+    --------
+    >>> mgr = Manager([pipe_a, pipe_b, pipe_c], max_parallel=2)  # doctest: +SKIP
+    >>> summary = mgr.run()                                    # doctest: +SKIP
+    >>> summary.failed                                         # doctest: +SKIP
+    >>> from dask.distributed import Client                    # doctest: +SKIP
+    >>> Manager(pipes, executor=Client("tcp://scheduler:8786")).run()  # doctest: +SKIP
+    """
+
+    def __init__(self, pipelines, max_parallel=4, executor=None, progress=True, log_dir=None):
+        if int(max_parallel) < 1:
+            raise PipelineError(f"max_parallel must be at least 1, not {max_parallel!r}")
+        if executor is not None and not callable(getattr(executor, "submit", None)):
+            raise PipelineError(f"executor must be a concurrent.futures.Executor or a "
+                                f"dask.distributed.Client, not {type(executor).__name__}")
+        self.pipelines = [p if isinstance(p, Pipeline) else load(p) for p in pipelines]
+        self.max_parallel = int(max_parallel)
+        self.executor = executor
+        self.progress = progress
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.summary = None
+        self.skipped = []
+        self.config = None
+        self._paths = {}
+        self._stamps = {}
+        self._rows = {}
+        self._bar = None
+
+    @classmethod
+    def from_config(cls, path, **kwargs):
+        """Build a Manager that reduces the datasets a manager config selects.
+
+        Reads ``reduction_manager_config.yaml``, selects datasets under its
+        ``data_reduction_dir`` (``dataset_selection.group``: all, date,
+        recent or file, limited to ``instrument_list``), and builds one
+        :func:`~pipekit.workflows.reduction_pipeline` per dataset. A dataset
+        locked by a live run is skipped; one whose ``reduction_config.yaml``
+        is invalid is not run; both appear in the summary with the reason.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``reduction_manager_config.yaml``.
+        **kwargs
+            Passed to `Manager`; ``max_parallel`` and ``log_dir`` default to
+            the config's.
+
+        Returns
+        -------
+        Manager
+            With ``config`` (the validated `~pipekit.config.ManagerConfig`).
+
+        Raises
+        ------
+        ConfigError
+            When the manager config is missing or invalid, naming the key.
+
+        Examples
+        --------
+        >>> mgr = Manager.from_config("reduction_manager_config.yaml")  # doctest: +SKIP
+        >>> mgr.run()                                                   # doctest: +SKIP
+        """
+        from .config import load_manager_config
+        from .datasets import select_datasets
+        from .locks import is_stale, read_lock
+        from .workflows import reduction_pipeline
+
+        config = load_manager_config(path)
+        red_dirs = select_datasets(config.data_reduction_dir, config.dataset_selection,
+                                   config.instrument_list)
+        pipelines, not_run = [], []
+        for red_dir in red_dirs:
+            name = "/".join(Path(red_dir).resolve().parts[-3:])
+            holder = read_lock(red_dir)
+            if holder is not None and not is_stale(holder):
+                not_run.append(_not_run_row(name, red_dir, "skipped",
+                                            f"locked by {holder.describe()}"))
+                log.warning("dataset %s skipped: locked by %s", red_dir, holder.describe())
+                continue
+            try:
+                pipelines.append(reduction_pipeline(red_dir))
+            except ConfigError as err:
+                not_run.append(_not_run_row(name, red_dir, "error", str(err)))
+                log.error("dataset %s not run: %s", red_dir, err)
+        log.info("manager config %s: %d datasets to reduce, %d not run", path, len(pipelines),
+                 len(not_run))
+        kwargs.setdefault("max_parallel", config.max_parallel)
+        kwargs.setdefault("log_dir", config.log_dir)
+        mgr = cls(pipelines, **kwargs)
+        mgr.skipped = not_run
+        mgr.config = config
+        return mgr
+
+    # -- running ----------------------------------------------------------
+
+    def run(self, run_tags=None, ignore_tags=None, resume=False, **run_kwargs):
+        """Run every pipeline; one failing stops no other.
+
+        Parameters
+        ----------
+        run_tags, ignore_tags, resume, **run_kwargs
+            Passed to each pipeline's :meth:`Pipeline.run`. ``resume=True``
+            continues each pipeline where its checkpoint stopped (a finished
+            one has nothing left to do; a failed one retries its failed step).
+            ``run_steps`` are sent as step names.
+
+        Returns
+        -------
+        Summary
+            One row per pipeline, in the order given, then the skipped ones.
+        """
+        kwargs = {"resume": bool(resume), **run_kwargs}
+        if kwargs.get("run_steps") is not None:
+            # Steps travel by name: the worker's pipeline holds its own step objects.
+            kwargs["run_steps"] = [getattr(s, "name", s) for s in kwargs["run_steps"]]
+        if run_tags is not None:
+            kwargs["run_tags"] = run_tags
+        if ignore_tags is not None:
+            kwargs["ignore_tags"] = ignore_tags
+        self._rows = {}
+        todo = self._prepare()
+        t0 = time.monotonic()
+        bar = tqdm(total=len(self.pipelines), desc="pipelines", unit="pipeline",
+                   disable=not self.progress)
+        bar.update(len(self.pipelines) - len(todo))
+        self._bar = bar
+        handler, old_level = self._open_log()
+        log.info("manager: running %d pipelines (%d not run) on %s", len(todo),
+                 len(self.pipelines) - len(todo) + len(self.skipped), self._where())
+        try:
+            if self.executor is None:
+                self._run_pool(todo, kwargs)
+            elif _is_dask_client(self.executor):
+                self._run_dask(todo, kwargs)
+            else:
+                self._run_executor(todo, kwargs)
+            rows = [self._rows[i] for i in range(len(self.pipelines))]
+            self.summary = Summary(rows + list(self.skipped))
+            log.info("manager: %d pipelines in %.1f s, %d failed\n%r", len(rows),
+                     time.monotonic() - t0, len(self.summary.failed), self.summary)
+        finally:
+            bar.close()
+            self._bar = None
+            self._close_log(handler, old_level)
+        return self.summary
+
+    def _open_log(self):
+        """Log the manager's own lines to ``<log_dir>/manager.log`` when it has a log_dir."""
+        if self.log_dir is None:
+            return None, None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.log_dir / "manager.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        old_level = log.level
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)
+        log.addHandler(handler)
+        return handler, old_level
+
+    @staticmethod
+    def _close_log(handler, old_level):
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+            log.setLevel(old_level)
+
+    def _prepare(self):
+        """Give every pipeline a log path, checkpoint it; return the runnable indices."""
+        seen = {}
+        for i, pipe in enumerate(self.pipelines):
+            if pipe.checkpoint_path is None:
+                folder = self._manager_log_dir() / f"{i:03d}-{_safe(pipe.name)}"
+                folder.mkdir(parents=True, exist_ok=True)
+                pipe.paths["log"] = folder
+            key = os.path.realpath(pipe.checkpoint_path)
+            if key in seen:
+                raise PipelineError(
+                    f"pipelines {self.pipelines[seen[key]].name!r} and {pipe.name!r} share the "
+                    f"checkpoint {pipe.checkpoint_path}; give each its own 'log' path")
+            seen[key] = i
+        todo = []
+        for i, pipe in enumerate(self.pipelines):
+            path = pipe.checkpoint()
+            if path is None:
+                self._rows[i] = _row(pipe, "error", error="cannot be sent to a worker: "
+                                     f"{pipe.checkpoint_error}")
+                log.error("pipeline %s not run: %s", pipe.name, self._rows[i]["error"])
+                continue
+            self._paths[i] = str(path)
+            self._stamps[i] = pipe.started
+            todo.append(i)
+        return todo
+
+    def _manager_log_dir(self):
+        if self.log_dir is None:
+            self.log_dir = Path(tempfile.mkdtemp(prefix="pipekit-manager-"))
+            log.info("manager: pipelines without a log path checkpoint under %s", self.log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return self.log_dir
+
+    def _run_pool(self, todo, kwargs):
+        # A worker that dies (segfault, OOM killer, os._exit) breaks the whole
+        # pool: every unfinished future raises BrokenProcessPool. Pipelines
+        # that had not started go back in the queue; those that had are rerun
+        # alone, each resumed in a fresh one-process pool, so the one that
+        # kills its worker is the one reported and no other is blamed.
+        queue = [(i, kwargs) for i in todo]
+        suspects = []
+        while queue or suspects:
+            if queue:
+                batch, queue = queue, []
+                broken = self._pool_round(batch, self.max_parallel)
+            else:
+                batch = [suspects.pop(0)]
+                broken = self._pool_round(batch, 1)
+                if broken:
+                    self._finish(batch[0][0], None, broken[0][2])
+                    continue
+            for i, kw, exc in broken:
+                if self._worker_started(i):  # resumes by itself: see submitted_started
+                    suspects.append((i, kw))
+                else:
+                    queue.append((i, kw))
+            if broken:
+                log.warning("manager: a worker process died; pipelines requeued: %d, to "
+                            "rerun alone: %d", len(queue), len(suspects))
+
+    def _pool_round(self, batch, workers):
+        """Run ``batch`` in a new spawn pool; return [(i, kwargs, exc)] hit by a broken pool."""
+        pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(batch)),
+                                      mp_context=multiprocessing.get_context("spawn"))
+        broken = []
+        try:
+            futures = {}
+            for n, (i, kw) in enumerate(batch):
+                try:
+                    fut = pool.submit(run_checkpoint, self._paths[i], kw, self._stamps[i])
+                    futures[fut] = (i, kw)
+                except BrokenProcessPool as exc:
+                    broken += [(j, k, exc) for j, k in batch[n:]]
+                    break
+            for fut in cf.as_completed(futures):
+                i, kw = futures[fut]
+                try:
+                    row = fut.result()
+                except BrokenProcessPool as exc:
+                    broken.append((i, kw, exc))
+                except Exception as exc:  # noqa: BLE001 - reported for this pipeline
+                    self._finish(i, None, exc)
+                else:
+                    self._finish(i, row, None)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return broken
+
+    def _run_executor(self, todo, kwargs):
+        futures = {self.executor.submit(run_checkpoint, self._paths[i], kwargs,
+                                        self._stamps[i]): i
+                   for i in todo}
+        try:
+            for fut in cf.as_completed(futures):
+                self._collect(futures[fut], fut)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+    def _run_dask(self, todo, kwargs):
+        from distributed import as_completed
+
+        futures = {}
+        for i in todo:
+            key = f"pipekit-{_safe(self.pipelines[i].name)}-{uuid.uuid4().hex[:8]}"
+            # pure=False: the same path must run again on the next call, not
+            # come back from Dask's cache.
+            fut = self.executor.submit(run_checkpoint, self._paths[i], kwargs, self._stamps[i],
+                                       key=key, pure=False)
+            futures[fut] = i
+        try:
+            for fut in as_completed(list(futures)):
+                self._collect(futures[fut], fut)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+    def _collect(self, i, fut):
+        try:
+            row = fut.result()
+        except Exception as exc:  # noqa: BLE001 - KilledWorker, BrokenProcessPool, ...
+            self._finish(i, None, exc)
+        else:
+            self._finish(i, row, None)
+
+    def _worker_started(self, i):
+        try:
+            return load(self._paths[i]).started != self._stamps[i]
+        except PipelineError:
+            return True
+
+    def _finish(self, i, row, exc):
+        """Reload pipeline ``i`` from its checkpoint and record its summary row."""
+        path = self._paths[i]
+        try:
+            self.pipelines[i] = load(path)
+        except PipelineError as err:
+            log.error("pipeline %s: cannot reload %s: %s", self.pipelines[i].name, path, err)
+        pipe = self.pipelines[i]
+        if exc is None:
+            row = {**row, "name": row["name"] or pipe.name}
+        elif pipe.started == self._stamps[i]:
+            row = _row(pipe, "error", error=f"the worker failed before the pipeline started: "
+                                            f"{type(exc).__name__}: {exc}")
+        elif pipe.status in ("success", "error"):
+            row = _row(pipe, pipe.status, error=f"{type(exc).__name__} after the run: {exc}")
+        else:
+            row = self._mark_crashed(pipe, exc)
+        self._rows[i] = row
+        level = {"success": logging.INFO, "skipped": logging.WARNING}.get(row["status"],
+                                                                           logging.ERROR)
+        log.log(level, "pipeline %s: %s%s", row["name"], row["status"],
+                f" at step {row['failed_step']}: {row['error']}" if row["error"] else "")
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(failed=sum(r["status"] == "error" for r in self._rows.values()),
+                                  refresh=False)
+
+    def _mark_crashed(self, pipe, exc):
+        # The worker died mid-step: its checkpoint still says "running". Record
+        # the death on that step and keep run_step_idx on it, so
+        # run(resume=True) retries it; then save that for `pipekit status`.
+        message = (f"the worker process died while running this pipeline "
+                   f"({type(exc).__name__}: {exc})")
+        step = None
+        if pipe.run_step_idx < len(pipe.run_steps):
+            step = pipe.run_steps[pipe.run_step_idx]
+            step.status = "error"
+            step.error = message
+        pipe.status = "error"
+        pipe.failed_step = step.name if step is not None else None
+        pipe.checkpoint()
+        return _row(pipe, "error", error=message)
+
+    # -- display ----------------------------------------------------------
+
+    def _where(self):
+        if self.executor is None:
+            return f"a spawn process pool of {self.max_parallel}"
+        return type(self.executor).__name__
+
+    def __repr__(self):
+        text = f"Manager({len(self.pipelines)} pipelines on {self._where()})"
+        return text if self.summary is None else f"{text}\n{self.summary!r}"
+
+    def _repr_html_(self):
+        head = (f"<p><b>Manager</b>: {len(self.pipelines)} pipelines on "
+                f"{html.escape(self._where())}</p>")
+        return head + (self.summary._repr_html_() if self.summary is not None else "")
+
+
+def _row(pipe, status, error=None):
+    return {"name": pipe.name, "status": status, "failed_step": pipe.failed_step,
+            "duration": None, "error": error,
+            "checkpoint": str(pipe.checkpoint_path) if pipe.checkpoint_path else None,
+            "host": None, "pid": None}
+
+
+def _not_run_row(name, red_dir, status, error):
+    return {"name": name, "status": status, "failed_step": None, "duration": None,
+            "error": error, "checkpoint": None, "host": None, "pid": None,
+            "red_dir": str(red_dir)}
+
+
+def _resume_only(kwargs):
+    # A resumed run keeps its previous selection: tags would only be ignored.
+    return {k: v for k, v in kwargs.items() if k not in ("run_tags", "ignore_tags", "run_steps",
+                                                         "start_idx")}
+
+
+def _is_dask_client(executor):
+    if type(executor).__module__.split(".")[0] != "distributed":
+        return False
+    from distributed import Client
+    return isinstance(executor, Client)
+
+
+def _safe(name):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "pipeline"
+
+
+def _last_line(text):
+    lines = [line for line in str(text or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else None

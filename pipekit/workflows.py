@@ -1,0 +1,114 @@
+"""Ready pipelines: the nightly download and the reduction of one dataset.
+
+Each is a short list of steps from :mod:`pipekit.steps`, tagged so that a
+run can be limited (``pipe.run(["photometry"])``), with its checkpoint in a
+log folder so that a crash is resumed with ``load(path).run(resume=True)``.
+"""
+
+from pathlib import Path
+
+from . import steps
+from .config import load_download_config, load_reduction_config
+from .locks import DatasetLock
+from .pipeline import Pipeline
+
+__all__ = ["download_pipeline", "reduction_pipeline", "DatasetPipeline"]
+
+#: Network steps retry this many times (with backoff) before they fail.
+NETWORK_RETRIES = 2
+
+
+class DatasetPipeline(Pipeline):
+    """A pipeline that holds its dataset's lock for the whole of every run.
+
+    The lock (``<red_dir>/dataset.lock``) is taken before the first step and
+    released in ``finally``, whether the run succeeds, fails or is
+    interrupted, so two processes never reduce one dataset at once.
+
+    Parameters
+    ----------
+    red_dir : str or os.PathLike
+        The dataset folder.
+    **kwargs
+        Passed to :class:`~pipekit.pipeline.Pipeline`.
+
+    Raises
+    ------
+    LockError
+        From :meth:`run`, when another live process holds the dataset.
+    """
+
+    def __init__(self, red_dir, **kwargs):
+        super().__init__(**kwargs)
+        self.red_dir = Path(red_dir)
+
+    def run(self, *args, **kwargs):
+        """Run as :meth:`Pipeline.run` does, holding the dataset lock."""
+        with DatasetLock(self.red_dir, pipeline_name=self.name):
+            return super().run(*args, **kwargs)
+
+
+def download_pipeline(config_path):
+    """The nightly pipeline: download new frames, sort them, configure datasets.
+
+    Parameters
+    ----------
+    config_path : str or os.PathLike
+        A ``data_download.yaml``. Its ``log_dir`` holds the checkpoint.
+
+    Returns
+    -------
+    Pipeline
+        Steps tagged ``download``, ``sort`` and ``configure``.
+
+    Raises
+    ------
+    ConfigError
+        When the configuration is invalid (checked now, not at run time).
+
+    Examples
+    --------
+    >>> pipe = download_pipeline("data_download.yaml")  # doctest: +SKIP
+    >>> pipe.run()  # doctest: +SKIP
+    """
+    config_path = Path(config_path).resolve()
+    config = load_download_config(config_path)
+    pipe = Pipeline(paths={"log": config.log_dir}, name="download")
+    pipe.add_step(steps.download, tags=["download"], retries=NETWORK_RETRIES,
+                  config_path=str(config_path))
+    pipe.add_step(steps.sort, tags=["sort"], download_dir=str(config.data_download_dir),
+                  reduction_dir=str(config.data_reduction_dir))
+    template = str(config.default_red_config) if config.default_red_config else None
+    pipe.add_step(steps.configure, tags=["configure"],
+                  reduction_dir=str(config.data_reduction_dir), template=template)
+    return pipe
+
+
+def reduction_pipeline(red_dir):
+    """The reduction of one dataset: photometry, light curve, upload.
+
+    Parameters
+    ----------
+    red_dir : str or os.PathLike
+        A dataset folder holding ``reduction_config.yaml`` and ``data/``.
+        The checkpoint goes to ``<red_dir>/logs/pipeline.p``.
+
+    Returns
+    -------
+    DatasetPipeline
+        Steps tagged ``photometry``, ``lightcurve`` and ``upload``; every run
+        holds the dataset lock.
+
+    Raises
+    ------
+    ConfigError
+        When ``reduction_config.yaml`` is missing or invalid.
+    """
+    red_dir = Path(red_dir).resolve()
+    load_reduction_config(red_dir / "reduction_config.yaml")  # fail early, naming the key
+    name = "/".join(red_dir.parts[-3:])
+    pipe = DatasetPipeline(red_dir, paths={"log": red_dir / "logs"}, name=name)
+    pipe.add_step(steps.photometry, tags=["photometry"], red_dir=str(red_dir))
+    pipe.add_step(steps.lightcurve, tags=["lightcurve"], red_dir=str(red_dir))
+    pipe.add_step(steps.upload, tags=["upload"], retries=NETWORK_RETRIES, red_dir=str(red_dir))
+    return pipe

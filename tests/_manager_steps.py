@@ -1,0 +1,48 @@
+"""Step functions for tests/test_manager.py.
+
+They live in an importable module because spawned pool workers and Dask
+workers load checkpoints that refer to them by module and name.
+"""
+
+import os
+import time
+from pathlib import Path
+
+
+def write_marker(out_dir, label, seconds=0.0):
+    """Sleep, then write ``<out_dir>/<label>.done`` holding this process's pid."""
+    time.sleep(seconds)
+    path = Path(out_dir) / f"{label}.done"
+    path.write_text(str(os.getpid()))
+    return {"status": "success", "path": str(path)}
+
+
+def divide(numerator, denominator):
+    """A step that raises ZeroDivisionError until its arguments are fixed."""
+    return {"status": "success", "value": numerator / denominator}
+
+
+def report_error(reason):
+    """A step that returns status 'error'."""
+    return {"status": "error", "message": reason}
+
+
+def die_hard(code=13):
+    """Kill the worker process outright, as a segfault or the OOM killer would."""
+    os._exit(code)
+
+
+def record_pipeline_name(out_dir, pipeline):
+    """Write the running pipeline's name, showing the worker got the real pipeline."""
+    path = Path(out_dir) / f"{pipeline.name}.name"
+    path.write_text(pipeline.name)
+    return {"status": "success"}
+
+
+def die_once(marker):
+    """Kill the worker the first time (leaving ``marker``), succeed when run again."""
+    marker = Path(marker)
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(13)
+    return {"status": "success"}

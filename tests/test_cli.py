@@ -1,0 +1,87 @@
+"""The pipekit command: sub-commands, help, exit codes and one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipekit import Pipeline, load
+from pipekit.cli import main
+
+
+def checkpointed(tmp_path, fail=True):
+    flag = tmp_path / "fixed"
+    if not fail:
+        flag.touch()
+    pipe = Pipeline(paths={"log": tmp_path / "logs"}, name="cli-test")
+    pipe.add_step(lambda: {"status": "success"}, name="first")
+    pipe.add_step(lambda flag: {"status": "success"} if os.path.exists(flag)
+                  else {"status": "error", "message": "flag file missing"},
+                  name="second", flag=str(flag))
+    try:
+        pipe.run()
+    except Exception:
+        pass
+    return pipe, flag
+
+
+def test_init_writes_the_templates_and_keeps_existing_files(tmp_path, capsys):
+    (tmp_path / "tom_config.yaml").write_text("url: mine\n")
+    assert main(["init", str(tmp_path)]) == 0
+    for name in ("data_download.yaml", "reduction_config.yaml",
+                 "reduction_manager_config.yaml", "tom_config.yaml"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "tom_config.yaml").read_text() == "url: mine\n"
+    assert "kept" in capsys.readouterr().out
+
+
+def test_status_shows_the_step_table_and_exit_code(tmp_path, capsys):
+    checkpointed(tmp_path)
+    assert main(["status", str(tmp_path / "logs")]) == 1
+    out = capsys.readouterr().out
+    assert "second" in out and "error" in out and "failed step: second" in out
+    assert main(["status", str(tmp_path / "nothing")]) == 2
+
+
+def test_resume_after_fix_exits_zero_and_reruns_only_the_failed_step(tmp_path, capsys):
+    pipe, flag = checkpointed(tmp_path)
+    first_finished = pipe.steps[0].finished
+    assert main(["resume", str(tmp_path / "logs" / "pipeline.p")]) == 1
+    assert "flag file missing" in capsys.readouterr().err
+    flag.touch()
+    assert main(["resume", str(tmp_path)]) == 0  # a folder holding logs/pipeline.p
+    done = load(tmp_path / "logs" / "pipeline.p")
+    assert done.status == "success" and done.steps[0].finished == first_finished
+
+
+def test_configuration_error_exits_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "data_download.yaml"
+    bad.write_text("archives: 3\n")
+    assert main(["download", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pipekit download: ") and "\n" not in err and "archives" in err
+
+
+def test_reduce_of_a_missing_folder_is_a_usage_error(tmp_path, capsys):
+    assert main(["reduce", str(tmp_path / "nope")]) == 2
+    assert "is not a dataset folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["init", "download", "reduce", "manage", "status",
+                                     "resume", "demo"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert f"usage: pipekit {command}" in capsys.readouterr().out
+
+
+def test_console_script_runs_and_bad_usage_exits_2():
+    exe = Path(sys.executable).parent / "pipekit"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipekit.cli"]
+    proc = subprocess.run(cmd + ["--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "demo" in proc.stdout
+    proc = subprocess.run(cmd + ["frobnicate"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
