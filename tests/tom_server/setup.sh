@@ -5,6 +5,7 @@
 # Then:  export PIPEKIT_TOM_PYTHON="$PWD/VENV_DIR/bin/python"  before pytest.
 set -euo pipefail
 VENV=${1:?usage: bash tests/tom_server/setup.sh VENV_DIR}
+VENV="$(realpath -m "$VENV")"   # the project check below runs from another folder
 PYTHON=${PYTHON:-python3}
 HERE="$(cd "$(dirname "$0")" && pwd)"
 
