@@ -1252,6 +1252,9 @@ class DownloadResult:
         File names fetched now.
     failures : list of (str, str)
         File name and reason for each failure.
+    refused : list of (str, str)
+        The failures that are the record's own fault (a file name that would
+        leave the folder): retrying cannot help. Also in ``failures``.
     n_bytes : int
         Bytes written.
     seconds : float
@@ -1264,6 +1267,7 @@ class DownloadResult:
     n_failed: int = 0
     downloaded: list = dataclasses.field(default_factory=list)
     failures: list = dataclasses.field(default_factory=list)
+    refused: list = dataclasses.field(default_factory=list)
     n_bytes: int = 0
     seconds: float = 0.0
 
@@ -1348,9 +1352,10 @@ def download_frames(archive, records, folder, frame_list=None, max_workers=4, pr
         result.n_found += 1
         try:
             safe_destination(folder, record.filename)
-        except ArchiveError as exc:
+        except ArchiveError as exc:  # the record itself is bad: no retry can fix it
             log.error("%s", exc)
             result.failures.append((str(record.filename), str(exc)))
+            result.refused.append((str(record.filename), str(exc)))
             continue
         if not overwrite:
             if frame_list is not None and frame_list.has(record):
@@ -1433,7 +1438,8 @@ def archive_from_config(cfg, **kwargs):
     Parameters
     ----------
     cfg : ArchiveConfig or dict
-        Needs ``url``; ``token_envvar`` and ``name`` are used when present.
+        Needs ``url``; ``token_envvar``, ``name``, ``timeout`` (read timeout,
+        seconds) and ``retries`` are used when present.
         An ``http(s)://`` URL gives an :class:`LCOArchive`; a ``file://`` URL
         or a plain folder path gives a :class:`LocalArchive`.
     **kwargs
@@ -1462,6 +1468,11 @@ timeout=(5, 60), retries=5)
                           "API root, a file:// URL or a folder path")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme in ("http", "https"):
+        timeout, retries = _cfg(cfg, "timeout"), _cfg(cfg, "retries")
+        if timeout is not None:  # the config's read timeout; connecting never waits longer
+            kwargs.setdefault("timeout", (min(5.0, float(timeout)), float(timeout)))
+        if retries is not None:
+            kwargs.setdefault("retries", int(retries))
         return LCOArchive(url, token_envvar=_cfg(cfg, "token_envvar"), name=name, **kwargs)
     if parts.scheme == "file":
         folder = urllib.request.url2pathname(parts.path)

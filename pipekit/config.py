@@ -58,6 +58,10 @@ class ArchiveConfig:
     proposals: list[str] = field(default_factory=list)
     reduction_level_image: int = 91
     reduction_level_spectrum: int | None = 0
+    #: Read timeout of each request in seconds (None: the client's default).
+    timeout: float | None = None
+    #: Extra attempts after a failed request or download (None: the client's default).
+    retries: int | None = None
 
 
 @dataclass
@@ -452,6 +456,8 @@ def load_download_config(path):
             proposals=sub.strings("proposals"),
             reduction_level_image=levels.number("image", 91, kind=int, minimum=0),
             reduction_level_spectrum=levels.number("spectrum", 0, kind=int, minimum=0),
+            timeout=sub.number("timeout", None, minimum=0.1),
+            retries=sub.number("retries", None, kind=int, minimum=0),
         )
         if not archive.url.startswith(("http://", "https://", "file://", "/")):
             sub.fail("url", archive.url, "an http(s):// URL or a local folder")

@@ -654,6 +654,19 @@ def _celestial_wcs(header, path):
     return wcs if wcs.has_celestial else None
 
 
+def _truncation(hdul, path):
+    """Why the data cannot be read when the file is shorter than its headers declare, else None."""
+    try:
+        size = Path(path).stat().st_size
+        expected = max(info["datLoc"] + info["datSpan"]
+                       for info in (hdul.fileinfo(i) for i in range(len(hdul))) if info)
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return None
+    if size < expected:
+        return f"file truncated: {size} bytes, its headers declare {expected}"
+    return None
+
+
 def read_frame(path):
     """Read a frame's image, header, WCS and metadata.
 
@@ -695,7 +708,8 @@ def read_frame(path):
         except FrameError:
             raise
         except Exception as exc:
-            raise FrameError(f"{path}: cannot read the image data "
+            short = _truncation(hdul, path)
+            raise FrameError(f"{path}: cannot read the image data{': ' + short if short else ''} "
                              f"({type(exc).__name__}: {exc})") from exc
         while data.ndim > 2 and data.shape[0] == 1:
             data = data[0]

@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import ConfigError, LockError, PipelineError
+from .locks import DatasetLock
 from .pipeline import Pipeline, load
 
 __all__ = ["Manager", "Summary", "run_checkpoint"]
@@ -377,7 +378,12 @@ class Manager:
             seen[key] = i
         todo = []
         for i, pipe in enumerate(self.pipelines):
-            path = pipe.checkpoint()
+            try:
+                path = _write_checkpoint(pipe)
+            except LockError as err:
+                self._rows[i] = _row(pipe, "skipped", error=str(err))
+                log.warning("pipeline %s skipped: %s", pipe.name, err)
+                continue
             if path is None:
                 self._rows[i] = _row(pipe, "error", error="cannot be sent to a worker: "
                                      f"{pipe.checkpoint_error}")
@@ -562,6 +568,20 @@ def _row(pipe, status, error=None):
             "duration": None, "error": error,
             "checkpoint": str(pipe.checkpoint_path) if pipe.checkpoint_path else None,
             "host": None, "pid": None}
+
+
+def _write_checkpoint(pipe):
+    """Checkpoint ``pipe`` for its worker; a dataset's only while holding its lock.
+
+    Another manager may be running the same dataset right now: its
+    checkpoint is that run's record, and overwriting it would lose the
+    run's progress if it were then killed. Raises LockError in that case.
+    """
+    red_dir = getattr(pipe, "red_dir", None)
+    if red_dir is None:
+        return pipe.checkpoint()
+    with DatasetLock(red_dir, pipeline_name=f"{pipe.name} (manager writing its checkpoint)"):
+        return pipe.checkpoint()
 
 
 def _not_run_row(name, red_dir, status, error):

@@ -893,6 +893,14 @@ def measure_dataset(red_dir, config=None, *, progress=None):
         _write_rejected(phot_dir, {})
         return result
     rejected = {}
+    by_stem = {}
+    for f in frames:  # x.fits and x.fits.fz are one exposure: measure it once
+        first = by_stem.setdefault(frame_stem(f), f)
+        if first is not f:
+            rejected[f.name] = (f"{f}: the same frame as {first.name} (one name with .fz, one "
+                                f"without); measured once, from {first.name}")
+            log.warning("%s", rejected[f.name])
+    frames = list(by_stem.values())
     todo = []
     for f in frames:
         if (phot_dir / (frame_stem(f) + ".ecsv")).exists():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import dill
 
-from .atomic import write_bytes_atomic
+from .atomic import TMP_PREFIX, write_bytes_atomic
 from .errors import PipelineError
 
 __all__ = ["Pipeline", "PipelineStep", "PipelineError", "load", "CHECKPOINT_FORMAT"]
@@ -36,6 +36,9 @@ CHECKPOINT_FORMAT = 1
 #: File name of the checkpoint inside the pipeline's ``log`` path.
 CHECKPOINT_NAME = "pipeline.p"
 LOG_NAME = "pipeline.log"
+
+#: A temporary checkpoint older than this (s) was left by a killed process.
+STALE_TEMPORARY_SECONDS = 60.0
 
 #: A step result that pickles to more than this many bytes earns a warning:
 #: big data belongs in files, or every checkpoint gets slower.
@@ -505,6 +508,7 @@ class Pipeline:
         if folder is None:
             return None
         folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(folder)
         handler = logging.FileHandler(folder / LOG_NAME, encoding="utf-8")
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -577,6 +581,18 @@ class Pipeline:
         return (f"<p><b>Pipeline {html.escape(self.name)}</b>: status "
                 f"{html.escape(self.status)}</p><table><thead><tr>{head}</tr></thead>"
                 f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _remove_stale_temporaries(folder):
+    """Remove temporary checkpoints left by a process killed mid-write."""
+    now = time.time()
+    for path in folder.glob(TMP_PREFIX + CHECKPOINT_NAME + ".*"):
+        try:
+            if now - path.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                path.unlink()
+                log.info("removed %s, left by a run killed while writing its checkpoint", path)
+        except FileNotFoundError:
+            pass
 
 
 def _find_unpicklable(value, depth=0):

@@ -42,7 +42,9 @@ def download(config_path, max_workers=4, progress=False, now=None):
         ``status`` (``"error"`` if any query or frame failed: a resumed run
         fetches only what is missing), ``n_found``, ``n_downloaded``,
         ``n_skipped``, ``n_failed``, ``failures`` (up to
-        ``MAX_LISTED_FAILURES`` ``[name, reason]`` pairs), ``download_dir``,
+        ``MAX_LISTED_FAILURES`` ``[name, reason]`` pairs), ``n_refused`` and
+        ``refused`` (records refused for good, e.g. a file name that would
+        leave the folder: logged, but no reason to fail), ``download_dir``,
         ``frame_list``, ``start``, ``end``, ``n_bytes``, ``seconds``.
     """
     from .archive import ArchiveError, FrameList, LocalArchive, archive_from_config, \
@@ -55,7 +57,7 @@ def download(config_path, max_workers=4, progress=False, now=None):
     frame_list = FrameList(config.frame_list)
     totals = {"n_found": 0, "n_downloaded": 0, "n_skipped": 0, "n_failed": 0,
               "n_bytes": 0, "seconds": 0.0}
-    failures = []
+    failures, refused = [], []
     for archive_config in config.archives.values():
         if not archive_config.active:
             log.info("archive %s is not active: skipped", archive_config.name)
@@ -79,14 +81,21 @@ def download(config_path, max_workers=4, progress=False, now=None):
                 totals["n_failed"] += 1
         result = download_frames(archive, records, folder, frame_list,
                                  max_workers=max_workers, progress=progress)
-        for key in ("n_found", "n_downloaded", "n_skipped", "n_failed", "n_bytes", "seconds"):
+        for key in ("n_found", "n_downloaded", "n_skipped", "n_bytes", "seconds"):
             totals[key] += getattr(result, key)
-        failures.extend([name, reason] for name, reason in result.failures)
+        for_good = set(result.refused)
+        failures.extend([name, reason] for name, reason in result.failures
+                        if (name, reason) not in for_good)
+        refused.extend([name, reason] for name, reason in result.refused)
+        totals["n_failed"] += result.n_failed - len(result.refused)
+    # Refused records (unsafe file names) fail every retry alike: they are reported,
+    # not allowed to hold back sorting the frames that did arrive.
     status = "error" if failures else "success"
     log.info("download: %d found, %d downloaded, %d skipped, %d failed (%s to %s)",
              totals["n_found"], totals["n_downloaded"], totals["n_skipped"], totals["n_failed"],
              start, end)
     return {"status": status, **totals, "failures": failures[:MAX_LISTED_FAILURES],
+            "n_refused": len(refused), "refused": refused[:MAX_LISTED_FAILURES],
             "download_dir": str(folder), "frame_list": str(config.frame_list),
             "start": start.isoformat(), "end": end.isoformat()}
 

@@ -16,6 +16,6 @@ if [ -f tests/tom_server/setup.sh ]; then
     export PIPEKIT_TOM_PYTHON="$PWD/.venv-tom/bin/python"
 fi
 
-# Nothing may reach the internet at run time: astropy must use its bundled data.
-export ASTROPY_IERS_AUTO_DOWNLOAD=0 MPLBACKEND=Agg
+# Plots are written to files; no display is needed or wanted.
+export MPLBACKEND=Agg
 .venv/bin/python -m pytest "$@"

@@ -373,3 +373,18 @@ def test_dataset_locked_after_selection_is_skipped_at_run_time(reduction_tree):
     assert late["status"] == "skipped" and "'night-run'" in late["error"]
     assert rows["OGLE-1/sbig/gp"]["status"] == "success"
     assert summary.ok  # skipped is not a failure
+
+
+def test_manager_never_overwrites_the_checkpoint_of_a_dataset_another_run_holds(tmp_path):
+    from pipekit.workflows import DatasetPipeline
+    red_dir = tmp_path / "dataset"
+    red_dir.mkdir()
+    pipe = DatasetPipeline(red_dir, paths={"log": red_dir / "logs"}, name="dataset")
+    pipe.add_step(steps.write_marker, out_dir=str(tmp_path), label="ran")
+    record = red_dir / "logs" / "pipeline.p"
+    record.write_bytes(b"the record of the run that holds the lock")
+    with DatasetLock(red_dir, "the other manager"):
+        summary = Manager([pipe], executor=ThreadPoolExecutor(1), progress=False).run()
+    assert summary[0]["status"] == "skipped" and "the other manager" in summary[0]["error"]
+    assert record.read_bytes() == b"the record of the run that holds the lock"
+    assert not list(tmp_path.glob("ran*"))

@@ -467,3 +467,17 @@ def test_pipelines_run_in_threads_keep_their_own_logs(tmp_path):
     beta = (tmp_path / "beta" / "pipeline.log").read_text()
     assert alpha.count("message from alpha") == 20 and "message from beta" not in alpha
     assert beta.count("message from beta") == 20 and "message from alpha" not in beta
+
+
+def test_a_run_removes_temporary_checkpoints_left_by_a_killed_writer(tmp_path):
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    old = log_dir / ".pipekit-tmp-pipeline.p.abc123"
+    fresh = log_dir / ".pipekit-tmp-pipeline.p.def456"
+    old.write_bytes(b"half a pickle")
+    fresh.write_bytes(b"being written right now")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    pipe = make(tmp_path)
+    pipe.add_step(ok)
+    pipe.run()
+    assert not old.exists() and fresh.exists()
