@@ -95,6 +95,9 @@ def main():
     parser.add_argument("--no-dask", action="store_true", help="skip the Dask cluster")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    # Dask's in-process scheduler resets its loggers to INFO: filter at the handler.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
     rounds = calibrate(args.seconds)

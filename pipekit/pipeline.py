@@ -62,9 +62,19 @@ class _CheckpointPickler(pickle.Pickler):
     The result loads with ``pickle.load`` and ``dill.load`` alike.
     """
 
+    def __init__(self, file, value_cache=None):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.value_cache = {} if value_cache is None else value_cache
+
     def reducer_override(self, obj):
         if isinstance(obj, (types.FunctionType, type)) and _needs_value(obj):
-            return dill.loads, (dill.dumps(obj, recurse=True),)
+            # dill is the slow part of a checkpoint: reuse its bytes for the
+            # same function object (the cache also keeps it alive, so its id
+            # cannot be reused by another object).
+            cached = self.value_cache.get(id(obj))
+            if cached is None or cached[0] is not obj:
+                cached = self.value_cache[id(obj)] = (obj, dill.dumps(obj, recurse=True))
+            return dill.loads, (cached[1],)
         return NotImplemented
 
 
@@ -73,11 +83,15 @@ def _needs_value(obj):
     return module in (None, "__main__", "__mp_main__") or "<" in obj.__qualname__
 
 
-def dumps(obj):
-    """Pickle ``obj`` as checkpoints do: C pickler, dill where it must."""
+def dumps(obj, value_cache=None):
+    """Pickle ``obj`` as checkpoints do: C pickler, dill where it must.
+
+    ``value_cache`` (a dict) keeps the dill bytes of functions pickled by
+    value, for reuse by later calls given the same dict.
+    """
     buffer = io.BytesIO()
     try:
-        _CheckpointPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        _CheckpointPickler(buffer, value_cache).dump(obj)
     except Exception:  # noqa: BLE001 - dill can pickle more (locks, ...); let it try
         return dill.dumps(obj, recurse=True)
     return buffer.getvalue()
@@ -222,6 +236,8 @@ class Pipeline:
         self.finished = None
         self.checkpoint_error = None
         self._warned = set()
+        self._value_cache = {}
+        self._checkpoint_size = 0
         self._prepare_paths(create_paths)
 
     # -- building ---------------------------------------------------------
@@ -350,6 +366,9 @@ class Pipeline:
                                 f"selected steps of pipeline {self.name!r}")
         for step in self.run_steps[idx:]:
             step.reset()
+        # Functions pickled by value are dilled once per run; a new run picks
+        # up functions (and the globals they use) redefined since.
+        self._value_cache = {}
         self.run_step_idx = idx
         self.status = "running"
         self.failed_step = None
@@ -379,6 +398,7 @@ class Pipeline:
         step.status = "running"
         step.started = _now()
         self.checkpoint()
+        size_before = self._checkpoint_size
         t0 = time.monotonic()
         exc = None
         try:
@@ -420,7 +440,6 @@ class Pipeline:
         status = result.get("status") if isinstance(result, dict) else None
         status = status if status in STATUSES else "unknown"
         self._finish_step(step, status, result, t0)
-        self._check_size(step)
         if status == "error":
             step.error = str(result.get("message") or result.get("error") or result)
             message = (f"step {step.name!r} of pipeline {self.name!r} returned status "
@@ -431,6 +450,7 @@ class Pipeline:
             log.error("%s (ignored, the run goes on)", message)
             self.failed_step = self.failed_step or step.name
         self.checkpoint()
+        self._check_size(step, self._checkpoint_size - size_before)
 
     def _finish_step(self, step, status, result, t0):
         step.status = status
@@ -448,14 +468,10 @@ class Pipeline:
         self.finished = _now()
         self.checkpoint()
 
-    def _check_size(self, step):
-        if step.result is None or ("size", step.name) in self._warned:
-            return
-        try:
-            size = len(dumps(step.result))
-        except Exception:  # noqa: BLE001 - reported by checkpoint() instead
-            return
-        if size > LARGE_RESULT_BYTES:
+    def _check_size(self, step, size):
+        # ``size`` is how much the step's outcome grew the checkpoint: no
+        # extra pickling needed to measure it.
+        if size > LARGE_RESULT_BYTES and ("size", step.name) not in self._warned:
             self._warned.add(("size", step.name))
             log.warning("step %s returned a result of %.1f MB; every checkpoint carries it. "
                         "Write big data to files and return their paths.",
@@ -480,7 +496,7 @@ class Pipeline:
         if path is None:
             return None
         try:
-            blob = dumps(self)
+            blob = dumps(self, self._value_cache)
         except Exception as err:  # noqa: BLE001 - any pickling failure
             self.checkpoint_error = self._explain_pickle_failure(err)
             if self.checkpoint_error not in self._warned:
@@ -489,6 +505,7 @@ class Pipeline:
             return None
         self.checkpoint_error = None
         write_bytes_atomic(path, blob)
+        self._checkpoint_size = len(blob)
         return path
 
     def _explain_pickle_failure(self, err):
@@ -535,6 +552,7 @@ class Pipeline:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_warned"] = set()
+        state["_value_cache"] = {}
         state["_checkpoint_format"] = CHECKPOINT_FORMAT
         return state
 

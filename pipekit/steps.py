@@ -7,10 +7,19 @@ to files; the dict stays small so checkpoints stay cheap.
 """
 
 import logging
+from collections import Counter
+from pathlib import Path
+
+from .archive import FrameList, LocalArchive, archive_from_config, download_frames
+from .config import load_download_config, load_reduction_config, load_tom_config
+from .datasets import CONFIG_NAME, configure_dataset, list_datasets, sort_frames
+from .errors import ArchiveError, PipekitError
+from .lightcurve import build_lightcurve, lightcurve_paths, write_lightcurve
+from .photometry import REJECTED_FRAMES, measure_dataset
+from .tom import TOMClient
 
 log = logging.getLogger("pipekit.steps")
 
-# ---- section: download (archive.py) ---------------------------------------
 
 #: Failures listed in full in a download status; beyond this only counted.
 MAX_LISTED_FAILURES = 20
@@ -47,10 +56,6 @@ def download(config_path, max_workers=4, progress=False, now=None):
         leave the folder: logged, but no reason to fail), ``download_dir``,
         ``frame_list``, ``start``, ``end``, ``n_bytes``, ``seconds``.
     """
-    from .archive import ArchiveError, FrameList, LocalArchive, archive_from_config, \
-        download_frames
-    from .config import load_download_config
-
     config = load_download_config(config_path)
     start, end = config.window(now)
     folder = config.data_download_dir
@@ -99,9 +104,6 @@ def download(config_path, max_workers=4, progress=False, now=None):
             "download_dir": str(folder), "frame_list": str(config.frame_list),
             "start": start.isoformat(), "end": end.isoformat()}
 
-# ---- end section: download --------------------------------------------------
-
-# ---- section: sort and configure (datasets.py, config.py) -----------------
 
 def sort(download_dir, reduction_dir):
     """Step: move downloaded frames into their datasets (`pipekit.datasets.sort_frames`).
@@ -119,10 +121,6 @@ def sort(download_dir, reduction_dir):
         ``failed`` (``[[path, reason]]``). One bad frame never fails the step;
         a missing download folder does.
     """
-    from collections import Counter
-
-    from .datasets import sort_frames
-
     try:
         result = sort_frames(download_dir, reduction_dir)
     except FileNotFoundError as exc:
@@ -161,11 +159,6 @@ def configure(reduction_dir, template=None):
         ``n_existing``, ``n_unconfigured`` and ``unconfigured`` (dataset
         folders no frame could configure, or whose config failed, with why).
     """
-    from pathlib import Path
-
-    from .datasets import CONFIG_NAME, configure_dataset, list_datasets
-    from .errors import PipekitError
-
     if template is not None and not Path(template).is_file():
         msg = f"{template}: reduction config template not found"
         log.error("configure: %s", msg)
@@ -194,9 +187,6 @@ def configure(reduction_dir, template=None):
             "n_existing": n_existing, "n_unconfigured": len(unconfigured),
             "unconfigured": unconfigured}
 
-# ---- end section: sort and configure ---------------------------------------
-
-# ---- section: photometry and lightcurve (photometry.py, lightcurve.py) ----
 
 _MAX_LISTED = 50  # rejected frames listed in a step result; the full list is on disk
 
@@ -224,11 +214,6 @@ def photometry(red_dir):
         ``n_stars``, ``photometry_dir``. ``"error"`` when the config cannot be read, the
         dataset holds no frame, or no frame could be measured at all.
     """
-    from pathlib import Path
-
-    from .errors import PipekitError
-    from .photometry import REJECTED_FRAMES, measure_dataset
-
     red_dir = Path(red_dir)
     try:
         result = measure_dataset(red_dir)
@@ -273,11 +258,6 @@ def lightcurve(red_dir):
         ``status``, ``n_points``, ``n_flagged``, ``n_rejected``, ``rejected`` (frame ->
         reason, first 50), ``ecsv``, ``csv``, ``png`` (paths).
     """
-    from pathlib import Path
-
-    from .errors import PipekitError
-    from .lightcurve import build_lightcurve, write_lightcurve
-
     red_dir = Path(red_dir)
     try:
         lc = build_lightcurve(red_dir)
@@ -300,16 +280,9 @@ def lightcurve(red_dir):
         **{key: str(path) for key, path in paths.items()},
     }
 
-# ---- end section: photometry and lightcurve --------------------------------
-
-# ---- section: upload (tom.py) ----------------------------------------------
 
 def _find_tom_csv(red_dir, target_name):
     """The dataset's TOM CSV: ``<target>_<filter>_lc.csv``, else the one ``*_lc.csv``."""
-    from pathlib import Path
-
-    from .lightcurve import lightcurve_paths
-
     red_dir = Path(red_dir)
     exact = lightcurve_paths(red_dir, target_name, red_dir.name)[1]
     if exact.is_file():
@@ -349,11 +322,6 @@ def upload(red_dir):
     ConfigError, TOMError
         A bad config or a TOM failure (the step's ``retries`` apply).
     """
-    from pathlib import Path
-
-    from .config import load_reduction_config, load_tom_config
-    from .tom import TOMClient
-
     red_dir = Path(red_dir)
     config = load_reduction_config(red_dir / "reduction_config.yaml")
     if not config.tom.upload:
@@ -361,8 +329,6 @@ def upload(red_dir):
         return {"status": "success", "skipped": True, "reason": "tom.upload is false"}
     csv_path = _find_tom_csv(red_dir, config.target.name)
     if csv_path is None:
-        from .lightcurve import lightcurve_paths
-
         expected = lightcurve_paths(red_dir, config.target.name, red_dir.name)[1].name
         msg = f"{red_dir}: no light curve for the TOM ({expected}); run the lightcurve step first"
         log.error(msg)
@@ -385,4 +351,3 @@ def upload(red_dir):
             "points": result["points"], "already_existed": result["already_existed"],
             "replaced": result["replaced"], "csv": str(csv_path)}
 
-# ---- end section: upload ----------------------------------------------------
