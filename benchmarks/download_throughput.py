@@ -34,7 +34,8 @@ from astropy.io import fits
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipekit.archive import LCOArchive, download_frames  # noqa: E402
+from pipekit.archive import LCOArchive  # noqa: E402
+from pipekit.downloads import download_frames  # noqa: E402
 
 TOKEN_ENVVAR = "PIPEKIT_BENCH_ARCHIVE_TOKEN"
 CHUNK = 1 << 20

@@ -2,39 +2,32 @@
 
 Both speak one interface, ``query`` (the frames of a proposal in a date window)
 and ``download`` (one frame, md5-checked, written atomically);
-:func:`download_frames` fetches many at once and records each one in a
-:class:`FrameList` as it lands, so a rerun fetches only what is missing.
+:func:`pipekit.downloads.download_frames` fetches many at once.
 """
 
-import concurrent.futures
 import dataclasses
 import datetime as dt
-import email.utils
 import hashlib
 import logging
 import os
 import re
-import sys
 import tempfile
 import threading
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import requests
 
-from .atomic import TMP_PREFIX
+from .atomic import TMP_PREFIX, _fsync_dir
 from .errors import ArchiveAuthError, ArchiveError, ConfigError
+from .http import (RetryableError, backoff_wait, call_with_retries, describe_error, redact,
+                   redact_url, retry_after_seconds)
 
 __all__ = [
     "ArchiveRecord",
     "LCOArchive",
     "LocalArchive",
-    "FrameList",
-    "FrameListEntry",
-    "DownloadResult",
-    "download_frames",
     "archive_from_config",
     "safe_destination",
     "DEFAULT_URL",
@@ -50,10 +43,6 @@ CHUNK_SIZE = 1 << 20
 
 #: File name endings recognised as frames.
 FRAME_SUFFIXES = (".fits.fz", ".fits")
-
-#: Temporary files of killed downloads older than this (seconds) are removed
-#: by :func:`download_frames`; younger ones may belong to a live process.
-STALE_TMP_SECONDS = 3600.0
 
 # Lower-case API name -> legacy upper-case aliases, read when the name is absent.
 _ALIASES = {
@@ -325,44 +314,12 @@ def safe_destination(folder, filename):
     return folder / name
 
 
-def _present(folder, filename):
-    """The file already in ``folder`` for this frame, with or without ``.fz``."""
-    folder = Path(folder)
-    names = [filename]
-    if filename.endswith(".fz"):
-        names.append(filename[:-3])
-    else:
-        names.append(filename + ".fz")
-    for name in names:
-        path = folder / name
-        if path.is_file():
-            return path
-    return None
-
-
 def _md5_file(path):
     digest = hashlib.md5()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(CHUNK_SIZE), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _redact_url(url):
-    # Pre-signed links carry their signature in the query string: keep it out of logs.
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except (TypeError, ValueError):
-        return "<unparseable url>"
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path,
-                                    "..." if parts.query else "", ""))
-
-
-_QUERY_RE = re.compile(r"\?[^\s'\")]*")
-
-
-def _describe(exc):
-    return f"{type(exc).__name__}: {_QUERY_RE.sub('?...', str(exc))}"[:300]
 
 
 # --------------------------------------------------------------------------
@@ -451,26 +408,13 @@ def _in_window(observation_date, start, end):
     return end is None or when <= end
 
 
-def _fsync_folder(folder):
-    # Makes a rename durable; not every platform lets a folder be fsynced.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _Landing:
     """A verified frame in a temporary file of its folder, not yet under its final name.
 
     :meth:`commit` makes it durable (fsync), renames it and fsyncs the folder:
     Luigi's temporary-then-rename habit, split in two so that
-    :func:`download_frames` can stream the next frame while this one is synced.
+    :func:`pipekit.downloads.download_frames` can stream the next frame while this one
+    is synced.
     """
 
     def __init__(self, final, tmp=None, md5=None):
@@ -511,7 +455,7 @@ class _Landing:
             self.discard()
             raise
         self.tmp = None
-        _fsync_folder(self.final.parent)
+        _fsync_dir(self.final.parent)
         return self.final
 
     def discard(self):
@@ -532,35 +476,9 @@ class _Landing:
 # The LCO science archive
 # --------------------------------------------------------------------------
 
-class _Retry(Exception):
-    """An attempt failed in a way worth retrying (optionally after ``wait`` s)."""
-
-    def __init__(self, reason, wait=None):
-        super().__init__(reason)
-        self.reason = reason
-        self.wait = wait
-
-
 _RETRYABLE = (requests.ConnectionError, requests.Timeout,
               requests.exceptions.ChunkedEncodingError,
               requests.exceptions.ContentDecodingError)
-
-
-def _retry_after_seconds(value):
-    """Seconds from a ``Retry-After`` header (delay-seconds or HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
 def _server_detail(resp):
@@ -697,33 +615,31 @@ class LCOArchive:
 
     def _redact(self, text):
         token = os.environ.get(self.token_envvar) if self.token_envvar else None
-        if token and token.strip():
-            text = text.replace(token.strip(), "***")
-        return text
+        return redact(text, [token.strip()] if token else [])
 
     # -- retries ----------------------------------------------------------
 
-    def _wait_for(self, attempt):
-        return min(self.max_backoff, self.backoff * (2 ** attempt))
+    def _reason(self, failure):
+        reason = failure.reason if failure.error is None else describe_error(failure.error)
+        return self._redact(reason)
 
     def _retrying(self, what, attempt_fn):
-        reason = "no attempt made"
-        for attempt in range(self.retries + 1):
-            try:
-                return attempt_fn()
-            except _Retry as exc:
-                reason, wait = exc.reason, exc.wait
-            except _RETRYABLE as exc:
-                reason, wait = _describe(exc), None
-            reason = self._redact(reason)
-            if attempt == self.retries:
-                break
-            wait = self._wait_for(attempt) if wait is None else min(wait, self.max_retry_after)
-            log.warning("%s: %s; retry %d of %d in %.2f s", what, reason, attempt + 1,
-                        self.retries, wait)
-            time.sleep(wait)
+        def wait(attempt, failure):
+            if failure.wait is None:
+                return backoff_wait(attempt, self.backoff, self.max_backoff)
+            return min(failure.wait, self.max_retry_after)
+
+        def announce(failure, attempt, seconds):
+            log.warning("%s: %s; retry %d of %d in %.2f s", what, self._reason(failure),
+                        attempt + 1, self.retries, seconds)
+
+        try:
+            return call_with_retries(attempt_fn, self.retries, wait, announce,
+                                     transient=_RETRYABLE)
+        except RetryableError as exc:
+            failure = exc
         raise ArchiveError(self._redact(
-            f"{what} failed after {self.retries + 1} attempts: {reason}"))
+            f"{what} failed after {self.retries + 1} attempts: {self._reason(failure)}"))
 
     def _check_api_status(self, resp, what):
         code = resp.status_code
@@ -741,10 +657,10 @@ class LCOArchive:
             raise ArchiveAuthError(f"{what}: the archive refused the credentials "
                                    f"(HTTP {code}: {detail}); {hint}")
         if code == 429:
-            wait = _retry_after_seconds(resp.headers.get("Retry-After"))
-            raise _Retry(f"HTTP 429 rate limited (Retry-After {wait} s)", wait=wait)
+            wait = retry_after_seconds(resp.headers.get("Retry-After"))
+            raise RetryableError(f"HTTP 429 rate limited (Retry-After {wait} s)", wait=wait)
         if code >= 500:
-            raise _Retry(f"HTTP {code}: {detail}")
+            raise RetryableError(f"HTTP {code}: {detail}")
         raise ArchiveError(f"{what}: HTTP {code}: {detail}")
 
     # -- query ------------------------------------------------------------
@@ -798,7 +714,7 @@ class LCOArchive:
         pages = 0
         while url:
             page_url = url
-            what = (f"archive query {_redact_url(page_url)} "
+            what = (f"archive query {redact_url(page_url)} "
                     f"(proposal {proposal_id}, page {pages + 1})")
 
             def attempt(page_url=page_url, page_params=params, what=what):
@@ -809,7 +725,7 @@ class LCOArchive:
                 try:
                     return resp.json()
                 except ValueError as exc:
-                    raise _Retry(f"response is not JSON ({exc})") from None
+                    raise RetryableError(f"response is not JSON ({exc})") from None
 
             data = self._retrying(what, attempt)
             if not isinstance(data, dict) or not isinstance(data.get("results"), list):
@@ -828,7 +744,7 @@ class LCOArchive:
             if nxt:
                 nxt = urllib.parse.urljoin(page_url, nxt)
                 if nxt in visited:
-                    raise ArchiveError(f"{what}: the 'next' link {_redact_url(nxt)} repeats a "
+                    raise ArchiveError(f"{what}: the 'next' link {redact_url(nxt)} repeats a "
                                        "page already read; the archive's pagination loops")
             url, params = nxt, None
         log.info("archive %s: proposal %s, %s to %s, reduction level %s: %d frames in %d pages",
@@ -864,11 +780,7 @@ class LCOArchive:
         ArchiveError
             Unsafe file name, no URL, or the download kept failing.
         """
-        return self._download(record, folder, overwrite=overwrite)[0]
-
-    def _download(self, record, folder, overwrite=False):
-        landing = self._fetch(record, folder, overwrite=overwrite)
-        return landing.commit(), landing.md5
+        return self._fetch(record, folder, overwrite=overwrite).commit()
 
     def _fetch(self, record, folder, overwrite=False):
         """Stream and verify one frame into a temporary file: a :class:`_Landing`."""
@@ -880,7 +792,7 @@ class LCOArchive:
             raise ArchiveError(f"frame {record.filename!r} (id {record.id}) has no download url")
         folder.mkdir(parents=True, exist_ok=True)
         expected = record.md5.lower() if record.md5 else None
-        what = f"download of {record.filename} from {_redact_url(record.url)}"
+        what = f"download of {record.filename} from {redact_url(record.url)}"
 
         def attempt():
             # None removes any Authorization a caller's session might add.
@@ -900,10 +812,10 @@ class LCOArchive:
                         size += len(chunk)
                     landing.close()
                     if length is not None and not encoded and size != int(length):
-                        raise _Retry(f"truncated body: {size} of {length} bytes")
+                        raise RetryableError(f"truncated body: {size} of {length} bytes")
                     landing.md5 = digest.hexdigest()
                     if expected and landing.md5 != expected:
-                        raise _Retry(f"md5 mismatch: expected {expected}, got {landing.md5}")
+                        raise RetryableError(f"md5 mismatch: expected {expected}, got {landing.md5}")
                 except BaseException:
                     landing.discard()
                     raise
@@ -920,10 +832,10 @@ class LCOArchive:
         detail = _server_detail(resp)
         resp.close()
         if code == 429:
-            wait = _retry_after_seconds(resp.headers.get("Retry-After"))
-            raise _Retry(f"HTTP 429 rate limited (Retry-After {wait} s)", wait=wait)
+            wait = retry_after_seconds(resp.headers.get("Retry-After"))
+            raise RetryableError(f"HTTP 429 rate limited (Retry-After {wait} s)", wait=wait)
         if code >= 500:
-            raise _Retry(f"HTTP {code}: {detail}")
+            raise RetryableError(f"HTTP {code}: {detail}")
         if code in (401, 403):
             raise ArchiveError(f"{what}: the download link was refused (HTTP {code}: {detail}); "
                                "pre-signed links expire, query the archive again for fresh ones")
@@ -1005,7 +917,7 @@ class LocalArchive:
                 header = _read_header(path)
             except Exception as exc:  # one unreadable file must not hide the others
                 log.warning("local archive: cannot read the header of %s (%s); skipped",
-                            path, _describe(exc))
+                            path, describe_error(exc))
                 continue
             fields = _frame_fields(path, header)
             if proposal_id is not None and fields["proposal_id"] != proposal_id:
@@ -1044,11 +956,7 @@ class LocalArchive:
         ArchiveError
             Unsafe file name, missing source, or md5 mismatch.
         """
-        return self._download(record, folder, overwrite=overwrite)[0]
-
-    def _download(self, record, folder, overwrite=False):
-        landing = self._fetch(record, folder, overwrite=overwrite)
-        return landing.commit(), landing.md5
+        return self._fetch(record, folder, overwrite=overwrite).commit()
 
     def _fetch(self, record, folder, overwrite=False):
         folder = Path(folder)
@@ -1088,338 +996,6 @@ class LocalArchive:
             raise ArchiveError(f"local archive: frame {record.filename!r} not found at "
                                f"{str(path)!r}")
         return path
-
-
-# --------------------------------------------------------------------------
-# The frame list
-# --------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class FrameListEntry:
-    """One line of the frame list: a frame that has landed."""
-
-    filename: str
-    id: str = None
-    md5: str = None
-    time: str = None
-
-
-class FrameList:
-    """The record of frames already downloaded (``frame_list`` in ``data_download.yaml``).
-
-    A text file, one frame per line: ``filename<TAB>id<TAB>md5<TAB>time``
-    (a file holding only file names, one per line, is read too). Each frame
-    is appended with one ``write`` and an ``fsync`` as it lands; a last line
-    cut short by a kill is ignored, and repaired before the next append.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The list's file; its folder is created on the first append.
-
-    Examples
-    --------
-    >>> frames = FrameList("logs/frame_list.txt")         # doctest: +SKIP
-    >>> frames.add("f-e91.fits.fz", id=42, md5="...")      # doctest: +SKIP
-    >>> "f-e91.fits.fz" in frames                          # doctest: +SKIP
-    True
-    """
-
-    HEADER = "# pipekit frame list: filename\tid\tmd5\ttime (UTC)\n"
-    #: Appended to a line cut short by a kill, so that it stays ignored.
-    CUT_MARK = "# cut short by a kill: ignored"
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._entries = {}
-        self._ids = set()
-        self._checked_tail = False
-        self.reload()
-
-    def __repr__(self):
-        return f"FrameList({str(self.path)!r}, {len(self)} frames)"
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_lock"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def reload(self):
-        """Read the file again (another process may have added frames)."""
-        entries, ids = {}, set()
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            text = ""
-        lines = text.split("\n")
-        # The last element is '' when the file ends with a newline; otherwise
-        # it is a line cut short by a kill, and is not trusted.
-        for line in lines[:-1]:
-            line = line.strip()
-            if not line or line.startswith("#") or line.endswith(self.CUT_MARK):
-                continue
-            parts = line.split("\t") if "\t" in line else line.split()
-            parts += [None] * (4 - len(parts))
-            entry = FrameListEntry(*[p or None for p in parts[:4]])
-            entries[entry.filename] = entry
-            if entry.id:
-                ids.add(entry.id)
-        self._entries, self._ids = entries, ids
-        self._checked_tail = False
-        return self
-
-    def __len__(self):
-        return len(self._entries)
-
-    def __iter__(self):
-        return iter(list(self._entries.values()))
-
-    def __contains__(self, filename):
-        return filename in self._entries
-
-    def has(self, record):
-        """True if ``record`` (by file name, with or without ``.fz``, or id) is listed."""
-        name = record.filename
-        other = name[:-3] if name.endswith(".fz") else name + ".fz"
-        return (name in self._entries or other in self._entries
-                or (record.id is not None and str(record.id) in self._ids))
-
-    def add(self, filename, id=None, md5=None, time=None):
-        """Append one frame (durably: one write, then fsync).
-
-        Parameters
-        ----------
-        filename : str
-        id, md5 : optional
-        time : str, optional
-            ISO time; default now (UTC).
-        """
-        if time is None:
-            time = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        fields = [filename, "" if id is None else str(id), md5 or "", time]
-        if any(("\t" in f or "\n" in f) for f in fields):
-            raise ArchiveError(f"frame list {str(self.path)!r}: refusing a field with a tab "
-                               f"or newline in {fields!r}")
-        line = "\t".join(fields) + "\n"
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                prefix = ""
-                if not self._checked_tail:
-                    prefix = self._tail_repair(fd)
-                    self._checked_tail = True
-                os.write(fd, (prefix + line).encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            entry = FrameListEntry(*[f or None for f in fields])
-            self._entries[filename] = entry
-            if entry.id:
-                self._ids.add(entry.id)
-
-    def _tail_repair(self, fd):
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return self.HEADER
-        with open(self.path, "rb") as fh:
-            fh.seek(size - 1)
-            last = fh.read(1)
-        # A line cut short by a kill is ended with a mark, so it stays ignored.
-        return "" if last == b"\n" else "\t" + self.CUT_MARK + "\n"
-
-
-# --------------------------------------------------------------------------
-# Many frames at once
-# --------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class DownloadResult:
-    """What :func:`download_frames` did.
-
-    Attributes
-    ----------
-    n_found : int
-        Distinct frames asked for.
-    n_downloaded, n_skipped, n_failed : int
-        Fetched now; already listed or present; failed after retries.
-    downloaded : list of str
-        File names fetched now.
-    failures : list of (str, str)
-        File name and reason for each failure.
-    refused : list of (str, str)
-        The failures that are the record's own fault (a file name that would
-        leave the folder): retrying cannot help. Also in ``failures``.
-    n_bytes : int
-        Bytes written.
-    seconds : float
-        Wall time.
-    """
-
-    n_found: int = 0
-    n_downloaded: int = 0
-    n_skipped: int = 0
-    n_failed: int = 0
-    downloaded: list = dataclasses.field(default_factory=list)
-    failures: list = dataclasses.field(default_factory=list)
-    refused: list = dataclasses.field(default_factory=list)
-    n_bytes: int = 0
-    seconds: float = 0.0
-
-    @property
-    def mb_per_s(self):
-        """Throughput in MB/s (10**6 bytes)."""
-        return self.n_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
-
-
-def _show_progress(progress):
-    if not progress:
-        return False
-    try:
-        return sys.stderr.isatty() or "ipykernel" in sys.modules
-    except (AttributeError, ValueError):
-        return False
-
-
-def _remove_stale_temps(folder, older_than=STALE_TMP_SECONDS):
-    cutoff = time.time() - older_than
-    for path in Path(folder).glob(TMP_PREFIX + "*"):
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                log.info("removed %s, left by a download that was killed", path)
-        except OSError:
-            pass
-
-
-def download_frames(archive, records, folder, frame_list=None, max_workers=4, progress=True,
-                    overwrite=False):
-    """Download frames concurrently, skipping those already listed or present.
-
-    Each frame lands atomically (see :meth:`LCOArchive.download`) and is then
-    appended to ``frame_list``, so a killed run loses at most the frames in
-    flight. A frame that fails after its retries is logged and counted; the
-    others go on.
-
-    Parameters
-    ----------
-    archive : LCOArchive or LocalArchive
-    records : iterable of ArchiveRecord
-    folder : str or os.PathLike
-        Download folder; created if missing.
-    frame_list : FrameList or path, optional
-        Frames already downloaded; updated as frames land.
-    max_workers : int
-        Concurrent downloads (a small bounded thread pool).
-    progress : bool
-        Show a tqdm bar (only on a terminal or in Jupyter).
-    overwrite : bool
-        Fetch even frames listed or present.
-
-    Returns
-    -------
-    DownloadResult
-
-    Examples
-    --------
-    >>> archive = LCOArchive(token_envvar="LCO_ARCHIVE_TOKEN")          # doctest: +SKIP
-    >>> records = archive.query("KEY2024A-001", "2024-05-01", "2024-05-02")  # doctest: +SKIP
-    >>> result = download_frames(archive, records, "downloads", "logs/frame_list.txt")
-    ... # doctest: +SKIP
-    >>> result.n_downloaded, result.n_skipped, result.n_failed       # doctest: +SKIP
-    (42, 0, 0)
-    """
-    t_start = time.perf_counter()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if frame_list is not None and not isinstance(frame_list, FrameList):
-        frame_list = FrameList(frame_list)
-    if frame_list is not None:
-        frame_list.reload()
-    _remove_stale_temps(folder)
-
-    result = DownloadResult()
-    todo, names = [], set()
-    for record in records:
-        if record.filename in names:
-            continue
-        names.add(record.filename)
-        result.n_found += 1
-        try:
-            safe_destination(folder, record.filename)
-        except ArchiveError as exc:  # the record itself is bad: no retry can fix it
-            log.error("%s", exc)
-            result.failures.append((str(record.filename), str(exc)))
-            result.refused.append((str(record.filename), str(exc)))
-            continue
-        if not overwrite:
-            if frame_list is not None and frame_list.has(record):
-                result.n_skipped += 1
-                continue
-            present = _present(folder, record.filename)
-            if present is not None:
-                # Landed but not listed (killed between rename and append): list it now.
-                result.n_skipped += 1
-                if frame_list is not None:
-                    frame_list.add(present.name, id=record.id, md5=_md5_file(present))
-                continue
-        todo.append(record)
-
-    # Workers stream and verify into temporary files; this thread makes each one
-    # durable, renames it and lists it, while the workers stream the next frames.
-    fetch = getattr(archive, "_fetch", None)
-    if fetch is None:
-        def fetch(record, folder, overwrite=False):
-            return _Landing(archive.download(record, folder, overwrite=overwrite),
-                            md5=record.md5)
-
-    from tqdm.auto import tqdm
-
-    workers = max(1, min(int(max_workers), len(todo) or 1))
-    with tqdm(total=len(todo), desc=f"download {getattr(archive, 'name', '')}".strip(),
-              unit="frame", disable=not _show_progress(progress), leave=False) as bar:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
-                                                     thread_name_prefix="pipekit-download")
-        futures = {}
-        try:
-            futures = {pool.submit(fetch, rec, folder, overwrite=overwrite): rec for rec in todo}
-            for future in concurrent.futures.as_completed(futures):
-                record = futures.pop(future)
-                try:
-                    landing = future.result()
-                    md5 = landing.md5 or record.md5
-                    path = landing.commit()
-                except Exception as exc:  # one bad frame is dropped, the rest go on
-                    message = str(exc) if isinstance(exc, ArchiveError) else _describe(exc)
-                    log.error("frame %s not downloaded: %s", record.filename, message)
-                    result.failures.append((record.filename, message))
-                else:
-                    if frame_list is not None:
-                        frame_list.add(path.name, id=record.id, md5=md5)
-                    result.downloaded.append(path.name)
-                    try:
-                        result.n_bytes += path.stat().st_size
-                    except OSError:
-                        pass
-                bar.update(1)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            for future in futures:  # interrupted: verified but never committed
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    future.result().discard()
-
-    result.n_downloaded = len(result.downloaded)
-    result.n_failed = len(result.failures)
-    result.seconds = time.perf_counter() - t_start
-    log.info("%s: %d frames found, %d downloaded (%.1f MB, %.1f MB/s), %d skipped, %d failed",
-             getattr(archive, "name", archive), result.n_found, result.n_downloaded,
-             result.n_bytes / 1e6, result.mb_per_s, result.n_skipped, result.n_failed)
-    return result
 
 
 # --------------------------------------------------------------------------

@@ -266,6 +266,29 @@ def _sexagesimal(text):
     return -value if negative else value
 
 
+def _parse_angle(value, sexagesimal_marks, degrees_per_unit, lowest, highest):
+    """Degrees from a sexagesimal string (``sexagesimal_marks`` tells one) or a number.
+
+    The sexagesimal value is in the unit of its first field, ``degrees_per_unit``
+    degrees each; None for a "no value" marker, nonsense, or a result outside
+    ``[lowest, highest]``.
+    """
+    if _is_null(value) or isinstance(value, bool):
+        return None
+    if isinstance(value, str) and re.search(sexagesimal_marks, value.strip()):
+        try:
+            degrees = _sexagesimal(value) * degrees_per_unit
+        except ValueError:
+            return None
+    else:
+        degrees = _clean_float(value)
+        if degrees is None:
+            return None
+    if not lowest <= degrees <= highest:
+        return None
+    return degrees
+
+
 def parse_ra(value):
     """Right ascension in degrees from sexagesimal hours or decimal degrees.
 
@@ -285,20 +308,8 @@ def parse_ra(value):
     >>> round(parse_ra("01:24:11.435"), 6)
     21.047646
     """
-    if _is_null(value) or isinstance(value, bool):
-        return None
-    if isinstance(value, str) and re.search(r"[:\shms]", value.strip()):
-        try:
-            degrees = _sexagesimal(value) * 15.0
-        except ValueError:
-            return None
-    else:
-        degrees = _clean_float(value)
-        if degrees is None:
-            return None
-    if not 0.0 <= degrees <= 360.0:
-        return None
-    return degrees % 360.0
+    degrees = _parse_angle(value, r"[:\shms]", 15.0, 0.0, 360.0)
+    return None if degrees is None else degrees % 360.0
 
 
 def parse_dec(value):
@@ -319,20 +330,7 @@ def parse_dec(value):
     >>> round(parse_dec("-00:30:00"), 6)
     -0.5
     """
-    if _is_null(value) or isinstance(value, bool):
-        return None
-    if isinstance(value, str) and re.search(r"[:\sdms°]", value.strip()):
-        try:
-            degrees = _sexagesimal(value)
-        except ValueError:
-            return None
-    else:
-        degrees = _clean_float(value)
-        if degrees is None:
-            return None
-    if not -90.0 <= degrees <= 90.0:
-        return None
-    return degrees
+    return _parse_angle(value, r"[:\sdms°]", 1.0, -90.0, 90.0)
 
 
 def instrument_class(instrument):

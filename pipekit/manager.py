@@ -462,13 +462,7 @@ class Manager:
         futures = {self.executor.submit(run_checkpoint, self._paths[i], kwargs,
                                         self._stamps[i]): i
                    for i in todo}
-        try:
-            for fut in cf.as_completed(futures):
-                self._collect(futures[fut], fut)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+        self._collect_all(futures, cf.as_completed)
 
     def _run_dask(self, todo, kwargs):
         from distributed import as_completed
@@ -481,6 +475,14 @@ class Manager:
             fut = self.executor.submit(run_checkpoint, self._paths[i], kwargs, self._stamps[i],
                                        key=key, pure=False)
             futures[fut] = i
+        self._collect_all(futures, as_completed)
+
+    def _collect_all(self, futures, as_completed):
+        """Collect each future (future -> pipeline index) as it finishes.
+
+        ``as_completed`` is the executor's own (`concurrent.futures` or
+        Dask's); an interruption cancels the futures still pending.
+        """
         try:
             for fut in as_completed(list(futures)):
                 self._collect(futures[fut], fut)

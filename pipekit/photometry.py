@@ -749,6 +749,9 @@ def _reference_stars(frames, phot_dir, config, rejected):
                 score = None
             scores.append((score if score else np.inf, abs(i - len(order) / 2)))
         order = [order[i] for i in sorted(range(len(order)), key=lambda i: scores[i])]
+    # Kept apart from ``rejected`` until no frame will do: a frame the target is off
+    # may still be measured (its stars flagged) once another frame is the reference.
+    target_off = {}
     for f in order:
         try:
             frame = read_frame(f)
@@ -772,6 +775,8 @@ def _reference_stars(frames, phot_dir, config, rejected):
         if not (0 <= tx[0] <= nx - 1 and 0 <= ty[0] <= ny - 1):
             # a WCS pointing elsewhere must not define the star list of the whole dataset
             log.warning("%s: target off this frame; not used as the reference frame", f.name)
+            target_off[f.name] = (f"{f}: {_target_position(config)} falls outside this frame "
+                                  f"(at pixel x={tx[0]:.0f}, y={ty[0]:.0f} of {nx} x {ny})")
             continue
         fwhm = _header_fwhm(frame.header, info.pixscale) or 2.0 / info.pixscale
         found = detect_stars(frame.data, fwhm, config.photometry.detection_sigma,
@@ -798,8 +803,22 @@ def _reference_stars(frames, phot_dir, config, rejected):
         _write_table(stars, path)
         log.info("%s: %d field stars detected on %s", phot_dir.parent, n, f.name)
         return stars
+    others = {f.name: rejected[f.name] for f in order if f.name in rejected}
+    rejected.update(target_off)
+    if target_off:
+        config_file = config.source or phot_dir.parent / "reduction_config.yaml"
+        where = f"all {len(order)} frames" if len(order) > 1 else f"the frame {order[0].name}"
+        if others:
+            where = (f"all {len(target_off)} readable frames (the other "
+                     f"{len(others)} rejected: {others})")
+        raise PipekitError(f"{phot_dir.parent}: {_target_position(config)} falls outside "
+                           f"{where}: check target.RA/target.Dec in {config_file}")
     raise PipekitError(f"{phot_dir.parent}: no usable reference frame among {len(frames)} frames "
                        f"(reasons: {rejected})")
+
+
+def _target_position(config):
+    return f"target at RA {config.target.ra:.5f} deg, Dec {config.target.dec:+.5f} deg"
 
 
 def _check_pixels(data, path):
@@ -879,7 +898,8 @@ def measure_dataset(red_dir, config=None, *, progress=None):
     Raises
     ------
     PipekitError
-        When no frame can serve as the reference frame.
+        When no frame can serve as the reference frame; when the target falls
+        outside every frame, the message says so and names the config to check.
     """
 
     red_dir = Path(red_dir)

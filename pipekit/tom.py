@@ -6,14 +6,12 @@ environment at each request: they are never stored, logged or pickled.
 """
 
 import csv
-import email.utils
 import hashlib
 import io
 import json
 import logging
 import os
 import re
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from .errors import ConfigError, TOMError
+from .http import RetryableError, backoff_wait, call_with_retries, redact, retry_after_seconds
 
 __all__ = ["TOMClient", "product_id_for"]
 
@@ -214,20 +213,19 @@ class TOMClient:
     def _scrub(self, text):
         # The server should never echo a credential, but an error message is
         # the last place one may leak from: blank it out if it is there.
-        for envvar in (self.token_envvar, self.password_envvar):
-            secret = os.environ.get(envvar or "", "")
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        secrets = [os.environ.get(envvar or "", "")
+                   for envvar in (self.token_envvar, self.password_envvar)]
+        return redact(text, secrets, min_length=4)
 
     def _url(self, path):
         return path if path.startswith(("http://", "https://")) else f"{self.url}/{path.lstrip('/')}"
 
     def _wait(self, attempt, response=None):
-        delay = self.backoff * 2 ** attempt
+        delay = backoff_wait(attempt, self.backoff, MAX_RETRY_AFTER)
         if response is not None and response.status_code == 429:
-            delay = max(delay, _retry_after(response.headers.get("Retry-After")))
-        return min(delay, MAX_RETRY_AFTER)
+            asked = retry_after_seconds(response.headers.get("Retry-After")) or 0.0
+            delay = max(delay, min(asked, MAX_RETRY_AFTER))
+        return delay
 
     def request(self, method, path, *, expected=(200,), params=None, data=None, files=None):
         """Send one API request, retrying transient failures.
@@ -256,34 +254,36 @@ class TOMClient:
         """
         url = self._url(path)
         headers, auth = self._credentials()
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                response = self.session.request(method, url, params=params, data=data,
-                                                files=files, headers=headers, auth=auth,
-                                                timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if last:
-                    raise TOMError(f"TOM {method} {url}: no answer after {attempt + 1} "
-                                   f"attempt(s): {type(exc).__name__}: "
-                                   f"{self._scrub(str(exc))}") from None
-                delay = self._wait(attempt)
-                log.warning("TOM %s %s: %s; retrying in %.1f s (attempt %d of %d)", method, url,
-                            type(exc).__name__, delay, attempt + 1, self.retries + 1)
-                time.sleep(delay)
-                continue
+        attempts = 0
+
+        def attempt():
+            nonlocal attempts
+            attempts += 1
+            response = self.session.request(method, url, params=params, data=data,
+                                            files=files, headers=headers, auth=auth,
+                                            timeout=self.timeout)
             log.debug("TOM %s %s -> HTTP %d", method, response.url, response.status_code)
             if response.status_code in expected:
                 return response
-            if (response.status_code in RETRY_STATUSES and not last
+            if (response.status_code in RETRY_STATUSES and attempts <= self.retries
                     and not _is_processing_error(response)):
-                delay = self._wait(attempt, response)
-                log.warning("TOM %s %s: HTTP %d; retrying in %.1f s (attempt %d of %d)", method,
-                            url, response.status_code, delay, attempt + 1, self.retries + 1)
-                time.sleep(delay)
-                continue
-            raise TOMError(self._describe_failure(method, response, attempt + 1))
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise RetryableError(f"HTTP {response.status_code}", response=response)
+            raise TOMError(self._describe_failure(method, response, attempts))
+
+        def announce(failure, index, delay):
+            what = (type(failure.error).__name__ if failure.error is not None
+                    else failure.reason)
+            log.warning("TOM %s %s: %s; retrying in %.1f s (attempt %d of %d)", method, url,
+                        what, delay, index + 1, self.retries + 1)
+
+        try:
+            return call_with_retries(attempt, self.retries,
+                                     lambda index, failure: self._wait(index, failure.response),
+                                     announce)
+        except RetryableError as exc:
+            error = exc.error
+        raise TOMError(f"TOM {method} {url}: no answer after {attempts} attempt(s): "
+                       f"{type(error).__name__}: {self._scrub(str(error))}") from None
 
     def _describe_failure(self, method, response, attempts):
         what = {401: " (authentication failed: check the user name and the password or "
@@ -625,23 +625,6 @@ def _server_message(response, limit=600):
     text = json.dumps(payload, sort_keys=True)
     text = re.sub(r"\s+", " ", text)
     return (text[:limit] + " ...") if len(text) > limit else text
-
-
-def _retry_after(value):
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
-    if not value:
-        return 0.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 0.0
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _mjd(timestamp):

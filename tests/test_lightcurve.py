@@ -15,16 +15,7 @@ from pipekit.lightcurve import LightCurve, build_lightcurve, tom_csv_text, write
 from pipekit.photometry import SATURATED
 from pipekit.simulate import simulate_dataset
 
-
-def _strip_wcs(path):
-    with fits.open(path) as hdul:
-        hdr = hdul["SCI"].header.copy()
-        data = hdul["SCI"].data
-    for key in list(hdr):
-        if key[:5] in ("CTYPE", "CRVAL", "CRPIX", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "CUNIT"):
-            del hdr[key]
-    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, hdr, name="SCI")]).writeto(
-        path, overwrite=True)
+from _frame_edits import strip_wcs
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +27,7 @@ def dataset(tmp_path_factory):
                            truth.meta["dec"])
     bad = {"corrupt": truth.files[2], "no_wcs": truth.files[9], "elsewhere": truth.files[12]}
     bad["corrupt"].write_bytes(bad["corrupt"].read_bytes()[:30000])
-    _strip_wcs(bad["no_wcs"])
+    strip_wcs(bad["no_wcs"])
     # a WCS pointing a degree away, on the frame with the best seeing (the reference candidate)
     with fits.open(bad["elsewhere"]) as hdul:
         hdr = hdul["SCI"].header.copy()

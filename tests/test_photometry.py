@@ -1,5 +1,6 @@
 """Tests of pipekit.photometry: exact sums, clipped skies, honest errors, times, datasets."""
 
+import json
 import socket
 import warnings
 from pathlib import Path
@@ -15,11 +16,14 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 from pipekit.config import load_reduction_config, write_reduction_config
+from pipekit.errors import PipekitError
 from pipekit.photometry import (EDGE, OFF_FRAME, REFERENCE_STARS, REJECTED_FRAMES, SATURATED,
                                 annulus_sky, aperture_sums, bjd_tdb, circular_overlap,
                                 describe_flags, frame_stem, measure_dataset, measure_frame,
                                 normalise_ensemble)
 from pipekit.simulate import simulate_dataset
+
+from _frame_edits import strip_wcs
 
 M13 = Path(astropy.__file__).parent / "io/fits/hdu/compressed/tests/data/m13.fits"
 
@@ -280,14 +284,7 @@ def test_corrupt_and_wcsless_frames_are_rejected_with_reasons_and_the_rest_measu
     truth = make_dataset(red, 6, seed=31, shape=(256, 256), n_stars=60)
     corrupt, no_wcs = truth.files[1], truth.files[4]
     corrupt.write_bytes(corrupt.read_bytes()[:20000])
-    with fits.open(no_wcs) as hdul:
-        hdr = hdul["SCI"].header.copy()
-        data = hdul["SCI"].data
-    for key in list(hdr):
-        if key[:5] in ("CTYPE", "CRVAL", "CRPIX", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "CUNIT"):
-            del hdr[key]
-    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, hdr, name="SCI")]).writeto(
-        no_wcs, overwrite=True)
+    strip_wcs(no_wcs)
     result = measure_dataset(red, load_reduction_config(red / "reduction_config.yaml"))
     assert len(result.measured) == 4
     assert set(result.rejected) == {corrupt.name, no_wcs.name}
@@ -296,6 +293,39 @@ def test_corrupt_and_wcsless_frames_are_rejected_with_reasons_and_the_rest_measu
     on_disk = (red / "photometry" / REJECTED_FRAMES).read_text()
     assert corrupt.name in on_disk and no_wcs.name in on_disk
     assert not (red / "photometry" / (frame_stem(corrupt) + ".ecsv")).exists()
+
+
+def test_target_outside_every_frame_says_so_and_names_the_config_to_check(tmp_path):
+    red = tmp_path / "far"
+    truth = simulate_dataset(red / "data", n_frames=4, seed=5, shape=(200, 200), n_stars=30)
+    config_path = red / "reduction_config.yaml"
+    ra, dec = truth.meta["ra"] + 3.0, truth.meta["dec"]   # a typo'd RA: 12 arcmin frames miss it
+    write_reduction_config(config_path, truth.meta["target"], ra, dec)
+    with pytest.raises(PipekitError) as err:
+        measure_dataset(red)
+    message = str(err.value)
+    assert f"target at RA {ra:.5f} deg, Dec {dec:+.5f} deg falls outside all 4 frames" in message
+    assert f"check target.RA/target.Dec in {config_path}" in message
+    assert "no usable reference frame" not in message
+    reasons = json.loads((red / "photometry" / REJECTED_FRAMES).read_text())
+    assert sorted(reasons) == sorted(f.name for f in truth.files)
+    assert all("falls outside this frame" in why for why in reasons.values())
+
+
+def test_target_outside_the_frames_a_corrupt_frame_aside_lists_that_frame_too(tmp_path):
+    red = tmp_path / "far"
+    truth = simulate_dataset(red / "data", n_frames=3, seed=6, shape=(200, 200), n_stars=30)
+    corrupt = truth.files[0]
+    corrupt.write_bytes(corrupt.read_bytes()[:5000])
+    write_reduction_config(red / "reduction_config.yaml", truth.meta["target"],
+                           truth.meta["ra"] + 3.0, truth.meta["dec"])
+    with pytest.raises(PipekitError) as err:
+        measure_dataset(red)
+    message = str(err.value)
+    assert "falls outside all 2 readable frames (the other 1 rejected:" in message
+    assert corrupt.name in message
+    reasons = json.loads((red / "photometry" / REJECTED_FRAMES).read_text())
+    assert sorted(reasons) == sorted(f.name for f in truth.files)
 
 
 def test_empty_dataset_measures_nothing_without_crashing(tmp_path):
