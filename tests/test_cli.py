@@ -85,3 +85,28 @@ def test_console_script_runs_and_bad_usage_exits_2():
     assert proc.returncode == 0 and "demo" in proc.stdout
     proc = subprocess.run(cmd + ["frobnicate"], capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+@pytest.mark.slow
+def test_manage_runs_on_a_dask_scheduler_given_by_address(tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    from pipekit.datasets import configure_dataset, sort_frames
+    from pipekit.simulate import simulate_dataset
+
+    for k, filt in enumerate(("ip", "gp")):
+        simulate_dataset(tmp_path / "downloads", n_frames=6, shape=(256, 256), n_stars=40,
+                         filter=filt, seed=k, first_frame_number=1 + 100 * k)
+    for red_dir in sort_frames(tmp_path / "downloads", tmp_path / "reduction").sorted:
+        configure_dataset(red_dir)
+    config = tmp_path / "reduction_manager_config.yaml"
+    config.write_text("log_dir: logs\ndata_reduction_dir: reduction\n"
+                      "instrument_list: [sinistro]\ndataset_selection:\n  group: all\n"
+                      "max_parallel: 2\n")
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=None) as cluster:
+        code = main(["manage", str(config), "--scheduler", cluster.scheduler_address,
+                     "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert len(list((tmp_path / "reduction").glob("*/*/*/*_lc.ecsv"))) == 2
+    assert out.count("success") >= 2
