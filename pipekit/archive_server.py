@@ -8,7 +8,6 @@ download links, and faults switched on at will (5xx, 429, slow, truncated, corru
 import argparse
 import collections
 import dataclasses
-import datetime as dt
 import hashlib
 import hmac
 import http.server

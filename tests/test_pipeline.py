@@ -14,7 +14,7 @@ import dill
 import pytest
 
 import pipekit.pipeline as pipeline_module
-from pipekit import Pipeline, PipelineError, PipelineStep, load
+from pipekit import Pipeline, PipelineError, load
 
 HERE = Path(__file__).resolve().parent
 
