@@ -7,6 +7,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One real TOM Toolkit server for the whole session (tests/tom_server/fixture.py).
+pytest_plugins = ["tom_server.fixture"]
+
 
 def shared_data_dir():
     """The real LCO test data: ``$PIPEKIT_SHARED_DATA`` or ``../shared/data/lco``."""

@@ -21,7 +21,6 @@ import pytest
 from pipekit.config import TOMConfig
 from pipekit.errors import ConfigError, PipekitError, TOMError
 from pipekit.tom import TOMClient, product_id_for
-from tom_server.fixture import tom_server  # noqa: F401  (the session fixture)
 
 TOKEN_VAR = "PIPEKIT_TEST_TOM_TOKEN"
 PASSWORD_VAR = "PIPEKIT_TEST_TOM_PASSWORD"

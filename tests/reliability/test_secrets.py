@@ -15,7 +15,6 @@ import requests
 
 import _chain
 from pipekit.archive_server import ArchiveServer
-from tom_server.fixture import tom_server  # noqa: F401  (the session fixture)
 
 TARGET = "PK-RELIABILITY"
 PASSWORD_VAR = "PIPEKIT_RELIABILITY_TOM_PASSWORD"

@@ -19,7 +19,6 @@ from pipekit.archive_server import ArchiveServer, Faults
 from pipekit.errors import PipelineError
 from pipekit.pipeline import load
 from pipekit.workflows import download_pipeline, reduction_pipeline
-from tom_server.fixture import tom_server  # noqa: F401  (the session fixture)
 
 ARCHIVE_LIMITS = "    timeout: 1\n    retries: 2\n"
 
