@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from .atomic import TMP_PREFIX, _fsync_dir
+from .atomic import TMP_PREFIX, fsync_dir
 from .errors import ArchiveAuthError, ArchiveError, ConfigError
 from .http import (RetryableError, backoff_wait, call_with_retries, describe_error, redact,
                    redact_url, retry_after_seconds)
@@ -455,7 +455,7 @@ class _Landing:
             self.discard()
             raise
         self.tmp = None
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
         return self.final
 
     def discard(self):

@@ -9,9 +9,11 @@ complete file or the new complete file, never a half-written one (Luigi's
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "TMP_PREFIX"]
+__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "fsync_dir",
+           "remove_stale_temporaries", "TMP_PREFIX"]
 
 #: Temporary files start with this, so cleanup and ``glob`` can skip them.
 TMP_PREFIX = ".pipekit-tmp-"
@@ -66,21 +68,49 @@ def atomic_write(path, mode="wb", encoding=None):
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
-def _fsync_dir(folder):
-    # Makes the rename itself durable; not every platform allows it.
+def fsync_dir(folder):
+    """Make a rename in ``folder`` durable (where the platform allows it)."""
     with contextlib.suppress(OSError):
         dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def remove_stale_temporaries(folder, older_than, name="*"):
+    """Remove temporary files of killed writers: older than ``older_than`` seconds.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+    older_than : float
+        Age in seconds; younger ones may belong to a writer still at work.
+    name : str
+        Glob for the final name the temporaries were meant for (default any).
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    cutoff = time.time() - older_than
+    removed = []
+    for path in Path(folder).glob(TMP_PREFIX + name):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 def write_bytes_atomic(path, data):

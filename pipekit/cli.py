@@ -7,7 +7,6 @@ library's log on stderr as it runs.
 
 import argparse
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ def _say(text=""):
 # ---- commands ----------------------------------------------------------------
 
 def cmd_init(args):
+    from .atomic import write_bytes_atomic
     from .config import template_path
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -38,7 +38,7 @@ def cmd_init(args):
         if target.exists():
             _say(f"kept     {target} (exists)")
             continue
-        shutil.copyfile(template_path(name), target)
+        write_bytes_atomic(target, template_path(name).read_bytes())
         _say(f"written  {target}")
     _say("Edit the files (paths, proposals, environment variable names), then run "
          f"`pipekit download {folder / 'data_download.yaml'}`.")
@@ -64,11 +64,9 @@ def _resume_or_build(build, checkpoint, args):
 
 
 def cmd_download(args):
-    from .config import load_download_config
     from .workflows import download_pipeline
-    config = load_download_config(args.config)
-    checkpoint = Path(config.log_dir) / "pipeline.p"
-    pipe = _resume_or_build(lambda: download_pipeline(args.config), checkpoint, args)
+    pipe = download_pipeline(args.config)  # validates the config once; knows its checkpoint
+    pipe = _resume_or_build(lambda: pipe, pipe.checkpoint_path, args)
     return _run(pipe, args)
 
 

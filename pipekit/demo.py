@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text_atomic
+
 __all__ = ["run_demo", "DEMO_DATASETS"]
 
 #: (site, telescope, instrument, filter) of each simulated dataset.
@@ -33,7 +35,7 @@ TOKEN_ENVVAR = "PIPEKIT_DEMO_ARCHIVE_TOKEN"
 
 def _write_configs(root, server_url, start, end):
     download = root / "data_download.yaml"
-    download.write_text(f"""\
+    write_text_atomic(download, f"""\
 # Written by `pipekit demo`: the local archive server stands in for the LCO archive.
 archives:
   demo:
@@ -55,7 +57,7 @@ end_datetime: '{end}'
 default_red_config: none
 """)
     manager = root / "reduction_manager_config.yaml"
-    manager.write_text("""\
+    write_text_atomic(manager, """\
 # Written by `pipekit demo`: reduce every dataset, two at a time.
 log_dir: logs/manager
 data_reduction_dir: reduction

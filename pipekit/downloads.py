@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .archive import _Landing, _md5_file, safe_destination
-from .atomic import TMP_PREFIX
+from .atomic import remove_stale_temporaries
 from .errors import ArchiveError
 from .http import describe_error
 
@@ -242,15 +242,9 @@ def _present(folder, filename):
     return None
 
 
-def _remove_stale_temps(folder, older_than=STALE_TMP_SECONDS):
-    cutoff = time.time() - older_than
-    for path in Path(folder).glob(TMP_PREFIX + "*"):
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                log.info("removed %s, left by a download that was killed", path)
-        except OSError:
-            pass
+def _remove_stale_temps(folder):
+    for path in remove_stale_temporaries(folder, STALE_TMP_SECONDS):
+        log.info("removed %s, left by a download that was killed", path)
 
 
 def download_frames(archive, records, folder, frame_list=None, max_workers=4, progress=True,

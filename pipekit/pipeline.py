@@ -22,7 +22,7 @@ from pathlib import Path
 
 import dill
 
-from .atomic import TMP_PREFIX, write_bytes_atomic
+from .atomic import remove_stale_temporaries, write_bytes_atomic
 from .errors import PipelineError
 
 __all__ = ["Pipeline", "PipelineStep", "PipelineError", "load", "CHECKPOINT_FORMAT"]
@@ -603,14 +603,9 @@ class Pipeline:
 
 def _remove_stale_temporaries(folder):
     """Remove temporary checkpoints left by a process killed mid-write."""
-    now = time.time()
-    for path in folder.glob(TMP_PREFIX + CHECKPOINT_NAME + ".*"):
-        try:
-            if now - path.stat().st_mtime > STALE_TEMPORARY_SECONDS:
-                path.unlink()
-                log.info("removed %s, left by a run killed while writing its checkpoint", path)
-        except FileNotFoundError:
-            pass
+    for path in remove_stale_temporaries(folder, STALE_TEMPORARY_SECONDS,
+                                         name=CHECKPOINT_NAME + ".*"):
+        log.info("removed %s, left by a run killed while writing its checkpoint", path)
 
 
 def _find_unpicklable(value, depth=0):
