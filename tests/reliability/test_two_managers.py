@@ -48,7 +48,9 @@ def test_two_managers_started_together_measure_every_frame_exactly_once(tmp_path
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     codes = [p.returncode for p in procs]
 
-    writes = Counter(Path(line.split(" ", 1)[1]) for line in write_log.read_text().splitlines())
+    # No process is killed here: every write that began also ended; count the ends.
+    writes = Counter(Path(line.split(" ", 2)[2]) for line in write_log.read_text().splitlines()
+                     if line.startswith("end "))
     per_frame = {p: n for p, n in writes.items() if p.name not in EXCLUDED}
     n_frames = sum(len(t.files) for t in truths)
     assert len(per_frame) == n_frames, f"{len(per_frame)} frames measured of {n_frames}"
