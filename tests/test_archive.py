@@ -20,12 +20,11 @@ import pytest
 import requests
 from astropy.io import fits
 
-from pipekit.archive import (ArchiveRecord, LCOArchive, LocalArchive, archive_from_config,
-                             safe_destination)
-from pipekit.archive_server import ArchiveServer, Faults
+from pipekit.archive import (ArchiveRecord, DownloadResult, FrameList, LCOArchive, LocalArchive,
+                             archive_from_config, download_frames, safe_destination)
 from pipekit.atomic import TMP_PREFIX
-from pipekit.downloads import DownloadResult, FrameList, download_frames
 from pipekit.errors import ArchiveAuthError, ArchiveError, ConfigError
+from pipekit.testing.archive_server import ArchiveServer, Faults
 
 REPO = Path(__file__).resolve().parents[1]
 
