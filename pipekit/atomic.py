@@ -141,6 +141,9 @@ class AtomicFile:
     committing) removes the temporary. Temporary names start with `TMP_PREFIX`,
     so :func:`remove_stale_temporaries` cleans up after a killed writer.
 
+    ``path`` is the final name (a :class:`pathlib.Path`), ``tmp`` the temporary
+    file (None once committed or discarded) and ``size`` the bytes written.
+
     Parameters
     ----------
     path : str or os.PathLike
@@ -148,15 +151,6 @@ class AtomicFile:
     digest : str, optional
         A :mod:`hashlib` algorithm (``"md5"``) fed with every byte written:
         see :attr:`hexdigest`.
-
-    Attributes
-    ----------
-    path : pathlib.Path
-        The final name.
-    tmp : pathlib.Path or None
-        The temporary file; None once committed or discarded.
-    size : int
-        Bytes written.
 
     Examples
     --------
