@@ -34,8 +34,7 @@ from astropy.io import fits
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipekit.archive import LCOArchive  # noqa: E402
-from pipekit.downloads import download_frames  # noqa: E402
+from pipekit.archive import LCOArchive, download_frames  # noqa: E402
 
 TOKEN_ENVVAR = "PIPEKIT_BENCH_ARCHIVE_TOKEN"
 CHUNK = 1 << 20
@@ -67,8 +66,8 @@ def free_port():
 
 def start_server(folder, port, page_size, bandwidth_mb=None):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "pipekit.archive_server", str(folder), "--port", str(port),
-               "--token-envvar", TOKEN_ENVVAR, "--page-size", str(page_size),
+    command = [sys.executable, "-m", "pipekit.testing.archive_server", str(folder),
+               "--port", str(port), "--token-envvar", TOKEN_ENVVAR, "--page-size", str(page_size),
                "--lifetime", "1800"]
     if bandwidth_mb:
         command += ["--bandwidth-mb", str(bandwidth_mb)]

@@ -29,7 +29,7 @@ def main():
 
     from pipekit.frames import read_frame
     from pipekit.photometry import annulus_sky, centroid_shift, measure_frame
-    from pipekit.simulate import simulate_dataset
+    from pipekit.testing.simulate import simulate_dataset
 
     shape = (4096, 4096)
     pixscale = 0.389

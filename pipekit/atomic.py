@@ -125,3 +125,123 @@ def write_text_atomic(path, text, encoding="utf-8"):
     with atomic_write(path, "w", encoding=encoding) as fh:
         fh.write(text)
     return Path(path)
+
+
+__all__.append("AtomicFile")
+
+
+class AtomicFile:
+    """A file streamed to a temporary name, renamed over its final name on :meth:`commit`.
+
+    The streaming form of :func:`atomic_write`, for a writer that checks what it
+    wrote (a length, an md5) before the file may count as done, or that commits
+    later, in another thread: a download lands, is verified, and is made durable
+    and renamed while the next one streams. Until :meth:`commit`, nothing exists
+    under the final name; :meth:`discard` (or leaving a ``with`` block without
+    committing) removes the temporary. Temporary names start with `TMP_PREFIX`,
+    so :func:`remove_stale_temporaries` cleans up after a killed writer.
+
+    ``path`` is the final name (a :class:`pathlib.Path`), ``tmp`` the temporary
+    file (None once committed or discarded) and ``size`` the bytes written.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The final file name. Its folder must exist.
+    digest : str, optional
+        A :mod:`hashlib` algorithm (``"md5"``) fed with every byte written:
+        see :attr:`hexdigest`.
+
+    Examples
+    --------
+    >>> with AtomicFile("frame.fits.fz", digest="md5") as out:  # doctest: +SKIP
+    ...     for chunk in chunks:
+    ...         out.write(chunk)
+    ...     out.close()
+    ...     if out.hexdigest != expected:
+    ...         raise ValueError("md5 mismatch")      # the temporary is removed
+    ...     out.commit()                              # fsync, rename, fsync the folder
+    """
+
+    def __init__(self, path, digest=None):
+        import hashlib
+
+        self.path = Path(path)
+        self.size = 0
+        self._digest = hashlib.new(digest) if digest else None
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + self.path.name + ".", dir=self.path.parent)
+        self.tmp = Path(tmp)
+        try:
+            os.fchmod(fd, _FILE_MODE)
+            self._fh = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            self.discard()
+            raise
+
+    def __repr__(self):
+        state = "committed" if self.tmp is None else f"pending in {self.tmp.name}"
+        return f"AtomicFile({str(self.path)!r}, {state})"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.discard()
+
+    @property
+    def hexdigest(self):
+        """The hex digest of the bytes written, or None without ``digest``."""
+        return None if self._digest is None else self._digest.hexdigest()
+
+    def write(self, data):
+        """Write ``data`` (bytes) to the temporary file."""
+        self._fh.write(data)
+        self.size += len(data)
+        if self._digest is not None:
+            self._digest.update(data)
+
+    def close(self):
+        """Close the temporary file (it stays pending: commit or discard it)."""
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            fh.close()
+
+    def commit(self):
+        """Make the file durable (fsync), rename it over ``path``, fsync the folder.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``. Committing twice is harmless; on failure the temporary is
+            removed and ``path`` is untouched.
+        """
+        if self.tmp is None:
+            return self.path
+        try:
+            if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self.close()
+            else:  # closed by the writer, possibly in another thread
+                fd = os.open(self.tmp, os.O_RDWR)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        self.tmp = None
+        fsync_dir(self.path.parent)
+        return self.path
+
+    def discard(self):
+        """Remove the temporary file; nothing appears under ``path``. Harmless when done."""
+        with contextlib.suppress(OSError):
+            self.close()
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+            self.tmp = None

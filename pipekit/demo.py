@@ -104,7 +104,7 @@ def _since(t0):
 
 
 def _simulate(folder, kwargs):
-    from .simulate import simulate_dataset
+    from .testing.simulate import simulate_dataset
     return simulate_dataset(folder, **kwargs)
 
 
@@ -129,9 +129,9 @@ def run_demo(folder="pipekit-demo", n_frames=40, seed=2026, out=print):
         ``ok``, ``light_curves`` (paths), ``plots``, ``comparison`` per dataset,
         ``summary`` (the Manager's), ``seconds``.
     """
-    from .archive_server import ArchiveServer
+    from .testing.archive_server import ArchiveServer
     from .manager import Manager
-    from .simulate import PaczynskiEvent, make_star_field
+    from .testing.simulate import PaczynskiEvent, make_star_field
     from .workflows import download_pipeline
 
     t_start = time.monotonic()

@@ -10,10 +10,9 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from .archive import LocalArchive, archive_from_config
+from .archive import FrameList, LocalArchive, archive_from_config, download_frames
 from .config import load_download_config, load_reduction_config, load_tom_config
 from .datasets import CONFIG_NAME, configure_dataset, list_datasets, sort_frames
-from .downloads import FrameList, download_frames
 from .errors import ArchiveError, PipekitError
 from .lightcurve import build_lightcurve, lightcurve_paths, write_lightcurve
 from .photometry import REJECTED_FRAMES, measure_dataset

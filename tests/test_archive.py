@@ -20,12 +20,11 @@ import pytest
 import requests
 from astropy.io import fits
 
-from pipekit.archive import (ArchiveRecord, LCOArchive, LocalArchive, archive_from_config,
-                             safe_destination)
-from pipekit.archive_server import ArchiveServer, Faults
-from pipekit.atomic import TMP_PREFIX
-from pipekit.downloads import DownloadResult, FrameList, download_frames
+from pipekit.archive import (ArchiveRecord, DownloadResult, FrameList, LCOArchive, LocalArchive,
+                             archive_from_config, download_frames, safe_destination)
+from pipekit.atomic import TMP_PREFIX, AtomicFile
 from pipekit.errors import ArchiveAuthError, ArchiveError, ConfigError
+from pipekit.testing.archive_server import ArchiveServer, Faults
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -507,6 +506,49 @@ def test_local_archive_downloads_by_atomic_copy_with_md5_and_skips_next_time(loc
     with pytest.raises(ArchiveError, match="md5 mismatch"):
         archive.download(wrong, tmp_path / "other")
     assert not (tmp_path / "other" / wrong.filename).exists()
+
+
+def test_local_archive_and_server_serve_every_lco_frame_suffix_in_any_case(tmp_path):
+    folder = tmp_path / "local"
+    folder.mkdir()
+    names = ["lsc1m005-fa15-20240502-0001-e91.fits.gz", "lsc1m005-fa15-20240502-0002-e91.FITS",
+             "lsc1m005-fa15-20240502-0003-e91.fts"]
+    for i, name in enumerate(names):
+        make_frame(folder / name, f"2024-05-02T0{i}:00:00", PROPOSALS[0], value=i)
+    make_frame(folder / ".hidden-e91.fits", "2024-05-02T05:00:00", PROPOSALS[0])
+    (folder / "notes.txt").write_text("not a frame")
+
+    records = LocalArchive(folder).query()
+    assert sorted(r.filename for r in records) == sorted(names)
+    assert {r.basename for r in records} == {n.split(".")[0] for n in names}
+    with ArchiveServer(folder, token=None) as server:
+        served = LCOArchive(server.url, retries=0).query(reduction_level=91)
+        assert sorted(r.filename for r in served) == sorted(names)
+        for archive, found in ((LocalArchive(folder), records), (LCOArchive(server.url), served)):
+            out = tmp_path / f"out-{type(archive).__name__}"
+            result = download_frames(archive, found, out, progress=False)
+            assert result.n_downloaded == 3 and result.n_failed == 0
+            assert sorted(p.name for p in out.iterdir()) == sorted(names)
+            assert all(md5_of(out / n) == md5_of(folder / n) for n in names)
+
+
+def test_atomic_file_appears_only_on_commit_and_leaves_nothing_when_abandoned(tmp_path):
+    final = tmp_path / "frame.fits.fz"
+    with AtomicFile(final, digest="md5") as out:
+        out.write(b"abc")
+        out.close()
+        assert not final.exists() and out.tmp.name.startswith(TMP_PREFIX)
+        assert out.hexdigest == hashlib.md5(b"abc").hexdigest() and out.size == 3
+        assert out.commit() == final
+    assert final.read_bytes() == b"abc"
+    with pytest.raises(ValueError):
+        with AtomicFile(final) as out:
+            out.write(b"half a frame")
+            raise ValueError("md5 mismatch")
+    with AtomicFile(final) as out:  # never committed
+        out.write(b"unverified")
+    assert final.read_bytes() == b"abc"
+    assert os.listdir(tmp_path) == ["frame.fits.fz"]
 
 
 # ---------------------------------------------------------------------------

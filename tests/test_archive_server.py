@@ -9,7 +9,7 @@ import pytest
 import requests
 from astropy.io import fits
 
-from pipekit.archive_server import ArchiveServer, Faults
+from pipekit.testing.archive_server import ArchiveServer, Faults
 
 TOKEN = "server-test-token-77"
 AUTH = {"Authorization": f"Token {TOKEN}"}

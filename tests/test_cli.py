@@ -91,7 +91,7 @@ def test_console_script_runs_and_bad_usage_exits_2():
 def test_manage_runs_on_a_dask_scheduler_given_by_address(tmp_path, capsys):
     distributed = pytest.importorskip("distributed")
     from pipekit.datasets import configure_dataset, sort_frames
-    from pipekit.simulate import simulate_dataset
+    from pipekit.testing.simulate import simulate_dataset
 
     for k, filt in enumerate(("ip", "gp")):
         simulate_dataset(tmp_path / "downloads", n_frames=6, shape=(256, 256), n_stars=40,

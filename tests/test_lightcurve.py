@@ -13,7 +13,7 @@ from pipekit.atomic import TMP_PREFIX
 from pipekit.config import write_reduction_config
 from pipekit.lightcurve import LightCurve, build_lightcurve, tom_csv_text, write_lightcurve
 from pipekit.photometry import SATURATED
-from pipekit.simulate import simulate_dataset
+from pipekit.testing.simulate import simulate_dataset
 
 from _frame_edits import strip_wcs
 

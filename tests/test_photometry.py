@@ -21,7 +21,7 @@ from pipekit.photometry import (EDGE, OFF_FRAME, REFERENCE_STARS, REJECTED_FRAME
                                 annulus_sky, aperture_sums, bjd_tdb, circular_overlap,
                                 describe_flags, frame_stem, measure_dataset, measure_frame,
                                 normalise_ensemble)
-from pipekit.simulate import simulate_dataset
+from pipekit.testing.simulate import simulate_dataset
 
 from _frame_edits import strip_wcs
 

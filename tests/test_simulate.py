@@ -1,4 +1,4 @@
-"""Tests of pipekit.simulate: truthful, LCO-like, reproducible synthetic frames."""
+"""Tests of pipekit.testing.simulate: truthful, LCO-like, reproducible synthetic frames."""
 
 import re
 
@@ -8,7 +8,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from pipekit.frames import read_frame
-from pipekit.simulate import PaczynskiEvent, simulate_dataset
+from pipekit.testing.simulate import PaczynskiEvent, simulate_dataset
 
 LCO_KEYS = ["OBJECT", "RA", "DEC", "FILTER", "INSTRUME", "DATE-OBS", "EXPTIME", "PIXSCALE", "GAIN",
             "RDNOISE", "SATURATE", "SITEID", "LATITUDE", "LONGITUD", "HEIGHT", "OBSTYPE", "RLEVEL",

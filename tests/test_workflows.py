@@ -5,7 +5,7 @@ import pytest
 from pipekit import PipelineError, load
 from pipekit.errors import ConfigError, LockError
 from pipekit.locks import DatasetLock, is_locked
-from pipekit.simulate import simulate_dataset
+from pipekit.testing.simulate import simulate_dataset
 from pipekit.datasets import configure_dataset, sort_frames
 from pipekit.workflows import download_pipeline, reduction_pipeline
 

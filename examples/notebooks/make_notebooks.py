@@ -41,7 +41,7 @@ from astropy.table import Table
 from IPython.display import Image
 
 from pipekit.datasets import configure_dataset, sort_frames
-from pipekit.simulate import PaczynskiEvent, simulate_dataset
+from pipekit.testing.simulate import PaczynskiEvent, simulate_dataset
 from pipekit.workflows import reduction_pipeline
 
 work = Path(tempfile.mkdtemp(prefix="pipekit-nb02-"))
@@ -177,7 +177,7 @@ from pathlib import Path
 from pipekit import load
 from pipekit.datasets import configure_dataset, sort_frames
 from pipekit.locks import is_stale, read_lock
-from pipekit.simulate import simulate_dataset
+from pipekit.testing.simulate import simulate_dataset
 
 work = Path(tempfile.mkdtemp(prefix="pipekit-nb03-"))
 n_frames = 30
@@ -290,7 +290,7 @@ from astropy.table import Table
 
 from pipekit import Manager, load
 from pipekit.datasets import configure_dataset, sort_frames
-from pipekit.simulate import make_star_field, simulate_dataset
+from pipekit.testing.simulate import make_star_field, simulate_dataset
 
 work = Path(tempfile.mkdtemp(prefix="pipekit-nb04-"))
 work

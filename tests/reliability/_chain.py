@@ -29,7 +29,7 @@ def simulate_archive(folder, n_frames=12, shape=(256, 256), datasets=DATASETS, s
     """Simulate ``datasets`` (site, telescope, instrument, filter) into ``folder``."""
     from astropy.time import Time
 
-    from pipekit.simulate import PaczynskiEvent, make_star_field, simulate_dataset
+    from pipekit.testing.simulate import PaczynskiEvent, make_star_field, simulate_dataset
 
     start = "2026-08-01T00:00:00"
     cadence = 4.0

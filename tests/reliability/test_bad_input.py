@@ -20,7 +20,7 @@ from astropy.table import Table
 
 import _chain
 from pipekit import steps
-from pipekit.archive_server import ArchiveServer
+from pipekit.testing.archive_server import ArchiveServer
 from pipekit.config import load_download_config, load_reduction_config
 from pipekit.errors import ConfigError, PipelineError
 from pipekit.workflows import download_pipeline, reduction_pipeline

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import _chain
-from pipekit.archive_server import ArchiveServer
+from pipekit.testing.archive_server import ArchiveServer
 from pipekit.atomic import TMP_PREFIX
 
 HERE = Path(__file__).resolve().parent

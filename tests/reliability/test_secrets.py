@@ -14,7 +14,7 @@ import pytest
 import requests
 
 import _chain
-from pipekit.archive_server import ArchiveServer
+from pipekit.testing.archive_server import ArchiveServer
 
 TARGET = "PK-RELIABILITY"
 PASSWORD_VAR = "PIPEKIT_RELIABILITY_TOM_PASSWORD"

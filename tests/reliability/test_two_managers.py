@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import _chain
-from pipekit.archive_server import ArchiveServer
+from pipekit.testing.archive_server import ArchiveServer
 from pipekit.workflows import download_pipeline
 
 HERE = Path(__file__).resolve().parent

@@ -15,7 +15,7 @@ import pytest
 
 import _chain
 from _fault_proxy import FaultProxy
-from pipekit.archive_server import ArchiveServer, Faults
+from pipekit.testing.archive_server import ArchiveServer, Faults
 from pipekit.errors import PipelineError
 from pipekit.pipeline import load
 from pipekit.workflows import download_pipeline, reduction_pipeline

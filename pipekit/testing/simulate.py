@@ -17,12 +17,12 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 __all__ = ["PaczynskiEvent", "StarField", "SimulationTruth", "SITES", "make_star_field",
            "simulate_frame", "simulate_dataset", "lco_filename"]
 
-log = logging.getLogger("pipekit.simulate")
+log = logging.getLogger("pipekit.testing.simulate")
 
 #: LCO sites: (site name, latitude deg, east longitude deg, height m).
 SITES = {
@@ -289,7 +289,7 @@ def _header(*, target, ra, dec, filt, instrument, site, telescope, start, exptim
         ("PROPID", "KEY2026B-001", "Proposal ID"),
         ("L1FWHM", round(fwhm_arcsec, 4), "[arcsec] Frame FWHM in arcsec"),
         ("L1MEDIAN", round(sky, 3), "Median of frame background in counts"),
-        ("PIPEKSIM", True, "Simulated by pipekit.simulate"),
+        ("PIPEKSIM", True, "Simulated by pipekit.testing.simulate"),
     ]
     for key, value, comment in cards:
         h[key] = value

@@ -1,7 +1,8 @@
 """Many frames at once: the concurrent download driver and the frame list.
 
 :func:`download_frames` fetches frames from any archive client
-(:mod:`pipekit.archive`) with a small thread pool and records each one in a
+(:class:`~pipekit.archive.LCOArchive`, :class:`~pipekit.archive.LocalArchive`)
+with a small thread pool and records each one in a
 :class:`FrameList` as it lands, so a rerun fetches only what is missing.
 """
 
@@ -15,15 +16,15 @@ import threading
 import time
 from pathlib import Path
 
-from .archive import _Landing, _md5_file, safe_destination
-from .atomic import remove_stale_temporaries
-from .errors import ArchiveError
-from .http import describe_error
+from ..atomic import AtomicFile, remove_stale_temporaries
+from ..errors import ArchiveError
+from ..http import describe_error
+from .records import md5_file, safe_destination
 
 __all__ = ["FrameList", "FrameListEntry", "DownloadResult", "download_frames"]
 
-# Download messages keep the archive's logger name, as before this module was split
-# from pipekit.archive: log filters and pipeline.log lines read the same.
+# The logger name of pipekit.downloads before it moved into the package: log filters
+# and pipeline.log lines read the same.
 log = logging.getLogger("pipekit.downloads")
 
 #: Temporary files of killed downloads older than this (seconds) are removed
@@ -251,7 +252,8 @@ def download_frames(archive, records, folder, frame_list=None, max_workers=4, pr
                     overwrite=False):
     """Download frames concurrently, skipping those already listed or present.
 
-    Each frame lands atomically (see :meth:`pipekit.archive.LCOArchive.download`) and is then
+    Each frame lands atomically (see :meth:`LCOArchive.download
+    <pipekit.archive.LCOArchive.download>`) and is then
     appended to ``frame_list``, so a killed run loses at most the frames in
     flight. A frame that fails after its retries is logged and counted; the
     others go on.
@@ -259,6 +261,10 @@ def download_frames(archive, records, folder, frame_list=None, max_workers=4, pr
     Parameters
     ----------
     archive : LCOArchive or LocalArchive
+        Or any client with ``download(record, folder, overwrite=False)``; its
+        ``fetch`` (same arguments, returning an uncommitted
+        :class:`~pipekit.atomic.AtomicFile` or the path already in place) is
+        used when it has one.
     records : iterable of ArchiveRecord
     folder : str or os.PathLike
         Download folder; created if missing.
@@ -316,17 +322,14 @@ def download_frames(archive, records, folder, frame_list=None, max_workers=4, pr
                 # Landed but not listed (killed between rename and append): list it now.
                 result.n_skipped += 1
                 if frame_list is not None:
-                    frame_list.add(present.name, id=record.id, md5=_md5_file(present))
+                    frame_list.add(present.name, id=record.id, md5=md5_file(present))
                 continue
         todo.append(record)
 
-    # Workers stream and verify into temporary files; this thread makes each one
-    # durable, renames it and lists it, while the workers stream the next frames.
-    fetch = getattr(archive, "_fetch", None)
-    if fetch is None:
-        def fetch(record, folder, overwrite=False):
-            return _Landing(archive.download(record, folder, overwrite=overwrite),
-                            md5=record.md5)
+    # Workers stream and verify into temporary files (AtomicFile); this thread makes
+    # each one durable, renames it and lists it, while the workers stream the next frames.
+    # A client without ``fetch`` downloads whole frames in the workers.
+    fetch = getattr(archive, "fetch", None) or archive.download
 
     from tqdm.auto import tqdm
 
@@ -341,9 +344,12 @@ def download_frames(archive, records, folder, frame_list=None, max_workers=4, pr
             for future in concurrent.futures.as_completed(futures):
                 record = futures.pop(future)
                 try:
-                    landing = future.result()
-                    md5 = landing.md5 or record.md5
-                    path = landing.commit()
+                    fetched = future.result()
+                    if isinstance(fetched, AtomicFile):
+                        md5 = fetched.hexdigest or record.md5
+                        path = fetched.commit()
+                    else:  # already in place
+                        md5, path = record.md5, fetched
                 except Exception as exc:  # one bad frame is dropped, the rest go on
                     message = str(exc) if isinstance(exc, ArchiveError) else describe_error(exc)
                     log.error("frame %s not downloaded: %s", record.filename, message)
@@ -361,7 +367,9 @@ def download_frames(archive, records, folder, frame_list=None, max_workers=4, pr
             pool.shutdown(wait=True, cancel_futures=True)
             for future in futures:  # interrupted: verified but never committed
                 if future.done() and not future.cancelled() and future.exception() is None:
-                    future.result().discard()
+                    fetched = future.result()
+                    if isinstance(fetched, AtomicFile):
+                        fetched.discard()
 
     result.n_downloaded = len(result.downloaded)
     result.n_failed = len(result.failures)

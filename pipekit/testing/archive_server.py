@@ -21,12 +21,13 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from .archive import (_as_int, _find_frames, _frame_fields, _md5_file, _parse_time,
-                      _read_header)
+from .. import lco
+from ..archive.records import frame_fields, md5_file, read_header, record_int
+from .faults import FaultLedger, Faults
 
 __all__ = ["ArchiveServer", "Faults"]
 
-log = logging.getLogger("pipekit.archive_server")
+log = logging.getLogger("pipekit.testing.archive_server")
 
 # Lower-case field -> legacy alias, as the real archive still returns them.
 _LEGACY = {
@@ -49,66 +50,6 @@ _LEGACY = {
 _EXACT_FILTERS = ("proposal_id", "instrument_id", "site_id", "telescope_id",
                   "primary_optical_element", "configuration_type", "target_name_exact",
                   "basename_exact", "request_id", "observation_id")
-
-
-@dataclasses.dataclass
-class Faults:
-    """Faults the server injects, each for the next N eligible responses.
-
-    Attributes
-    ----------
-    http_5xx : int
-        Answer 500/502/503/504 instead of the real response.
-    rate_limit : int
-        Answer 429 with ``Retry-After: retry_after``.
-    retry_after : float
-        Seconds announced in ``Retry-After``.
-    slow : int
-        Wait ``delay`` seconds before answering (then answer normally).
-    delay : float
-        The wait of a slow response, in seconds.
-    drop : int
-        Close the connection without answering.
-    truncate : int
-        Send the headers with the full ``Content-Length`` and half of the
-        body, then close the connection.
-    corrupt : int
-        Flip bytes in a download body (its md5 no longer matches).
-    stall : int
-        Send half of a download body, then wait ``stall_seconds`` before the
-        rest (for killing a client mid-stream).
-    stall_seconds : float
-        Length of a stall.
-    every : int
-        Only every ``every``-th eligible request may get a fault, so faults
-        spread over many frames instead of piling on the first ones.
-    target : {"all", "api", "download"}
-        Which requests are eligible.
-    count_error : int
-        Added to ``count`` on API pages: the archive's count is an estimate.
-    max_per_request : int, optional
-        At most this many faults for one request target (one page, one
-        download link), so a client with that many retries must get through.
-    """
-
-    http_5xx: int = 0
-    rate_limit: int = 0
-    retry_after: float = 1.0
-    slow: int = 0
-    delay: float = 0.0
-    drop: int = 0
-    truncate: int = 0
-    corrupt: int = 0
-    stall: int = 0
-    stall_seconds: float = 30.0
-    every: int = 1
-    target: str = "all"
-    count_error: int = 0
-    max_per_request: int = None
-
-
-# One fault replaces a response; checked in this order.
-_REPLACING = ("http_5xx", "rate_limit", "drop", "truncate", "corrupt", "stall")
 
 
 @dataclasses.dataclass
@@ -138,7 +79,7 @@ class ArchiveServer:
     Parameters
     ----------
     folder : str or os.PathLike
-        The ``.fits`` / ``.fits.fz`` frames to serve (read at start; see
+        The frames to serve, any of :data:`pipekit.lco.FRAME_SUFFIXES` (read at start; see
         :meth:`refresh`).
     token : str or None
         Required as ``Authorization: Token <token>`` on the API; None leaves
@@ -193,9 +134,7 @@ class ArchiveServer:
         self.download_auth_headers = 0
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
-        self._seq = 0
-        self._faulted = collections.Counter()
-        self._faults_seen_for = None
+        self._ledger = FaultLedger()
         self._frames = []
         self._by_name = {}
         self._by_id = {}
@@ -267,19 +206,19 @@ class ArchiveServer:
         """Re-read the folder (new or changed frames)."""
         md5_by_inode = {}
         frames = []
-        for path in _find_frames(self.folder):
+        for path in lco.list_frames(self.folder):
             try:
-                header = _read_header(path)
+                header = read_header(path)
             except Exception as exc:  # an unreadable file is simply not served
                 log.warning("archive server: skipping %s (%s)", path, exc)
                 continue
             stat = path.stat()
             key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
             if key not in md5_by_inode:
-                md5_by_inode[key] = _md5_file(path)
-            fields = _frame_fields(path, header, proposal_id=self._proposal_for(path, header))
+                md5_by_inode[key] = md5_file(path)
+            fields = frame_fields(path, header, proposal_id=self._proposal_for(path, header))
             fields["public_date"] = fields["observation_date"]
-            fields["observation_id"] = _as_int(header.get("BLKUID"))
+            fields["observation_id"] = record_int(header.get("BLKUID"))
             frames.append(_Frame(path, stat.st_size, md5_by_inode[key], fields))
         for number, frame in enumerate(frames, start=1):
             frame.fields["id"] = number
@@ -314,7 +253,7 @@ class ArchiveServer:
     def _record(self, frame):
         fields = frame.fields
         link = self._signed_link(frame.path.name)
-        extension = ".fits.fz" if frame.path.name.endswith(".fits.fz") else ".fits"
+        extension = lco.frame_suffix(frame.path.name)
         record = {
             "id": fields["id"],
             "basename": fields["basename"],
@@ -344,39 +283,10 @@ class ArchiveServer:
         with self._lock:
             self.stats[key] += 1
 
-    # -- faults -----------------------------------------------------------
-
     def _take_faults(self, kind, target):
         """The faults for this request: (delay seconds, replacing fault or None)."""
         with self._lock:
-            faults = self.faults
-            if faults.target not in ("all", kind):
-                return 0.0, None
-            self._seq += 1
-            if faults.every > 1 and self._seq % faults.every:
-                return 0.0, None
-            if faults is not self._faults_seen_for:
-                self._faulted = collections.Counter()
-                self._faults_seen_for = faults
-            if (faults.max_per_request is not None
-                    and self._faulted[target] >= faults.max_per_request):
-                return 0.0, None
-            delay = 0.0
-            if faults.slow > 0:
-                faults.slow -= 1
-                delay = faults.delay
-                self.stats["fault_slow"] += 1
-            for name in _REPLACING:
-                if kind == "api" and name in ("corrupt", "stall"):
-                    continue
-                if getattr(faults, name) > 0:
-                    setattr(faults, name, getattr(faults, name) - 1)
-                    self.stats[f"fault_{name}"] += 1
-                    self._faulted[target] += 1
-                    return delay, name
-            if delay:
-                self._faulted[target] += 1
-            return delay, None
+            return self._ledger.take(self.faults, kind, target, self.stats)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -505,7 +415,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         rest = parts.path[len("/frames"):].strip("/")
         if rest:
-            frame = server._by_id.get(_as_int(rest))
+            frame = server._by_id.get(record_int(rest))
             if frame is None:
                 self._send_json(404, {"detail": "Not found."})
             else:
@@ -527,7 +437,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         bounds = {}
         for key in ("start", "end"):
             if key in params:
-                bounds[key] = _parse_time(params[key])
+                bounds[key] = lco.parse_utc(params[key])
                 if bounds[key] is None:
                     raise ValueError({key: ["Enter a valid date/time."]})
         try:
@@ -537,18 +447,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise ValueError({"limit": ["A valid integer is required."]}) from None
         limit = limit if limit > 0 else server.page_size
         level = params.get("reduction_level", params.get("RLEVEL"))
-        if level not in (None, "") and _as_int(level) is None:
+        if level not in (None, "") and record_int(level) is None:
             raise ValueError({"reduction_level": ["Enter a number."]})
 
         selected = []
         for frame in server._frames:
             f = frame.fields
-            when = _parse_time(f["observation_date"])
+            when = lco.parse_utc(f["observation_date"])
             if "start" in bounds and (when is None or when < bounds["start"]):
                 continue
             if "end" in bounds and (when is None or when > bounds["end"]):
                 continue
-            if level not in (None, "") and f["reduction_level"] != _as_int(level):
+            if level not in (None, "") and f["reduction_level"] != record_int(level):
                 continue
             if not all(str(f.get(key.replace("_exact", ""))) == params[key]
                        for key in _EXACT_FILTERS if key in params):
@@ -639,7 +549,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 def main(argv=None):
-    """Serve a folder of frames: ``python -m pipekit.archive_server FOLDER --port 8001``."""
+    """Serve a folder of frames: ``python -m pipekit.testing.archive_server FOLDER --port 8001``."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("folder")
     parser.add_argument("--port", type=int, default=0)
