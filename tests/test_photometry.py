@@ -17,9 +17,10 @@ from astropy.wcs import WCS
 
 from pipekit.config import load_reduction_config, write_reduction_config
 from pipekit.errors import PipekitError
+from pipekit.lco import frame_stem
 from pipekit.photometry import (EDGE, OFF_FRAME, REFERENCE_STARS, REJECTED_FRAMES, SATURATED,
                                 annulus_sky, aperture_sums, bjd_tdb, circular_overlap,
-                                describe_flags, frame_stem, measure_dataset, measure_frame,
+                                describe_flags, measure_dataset, measure_frame,
                                 normalise_ensemble)
 from pipekit.simulate import simulate_dataset
 
