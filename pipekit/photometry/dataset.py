@@ -28,8 +28,9 @@ __all__ = ["REFERENCE_STARS", "REJECTED_FRAMES", "DatasetPhotometry", "measure_d
 
 log = logging.getLogger("pipekit.photometry")
 
-#: File names inside ``<red_dir>/photometry/``.
+#: The field-star list inside ``<red_dir>/photometry/`` (the target is ``id`` 0).
 REFERENCE_STARS = "reference_stars.ecsv"
+#: Frame name -> reason, for every frame not measured, inside ``<red_dir>/photometry/``.
 REJECTED_FRAMES = "rejected_frames.json"
 
 
