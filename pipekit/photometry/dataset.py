@@ -289,7 +289,7 @@ def measure_frame_file(path, stars, config, bright):
     return table
 
 
-def measure_dataset(red_dir, config=None, *, progress=None):
+def measure_dataset(red_dir, config=None):
     """Measure every frame of a dataset that has no photometry on disk yet.
 
     Field stars are detected once on a reference frame (best seeing) and stored in
@@ -306,8 +306,6 @@ def measure_dataset(red_dir, config=None, *, progress=None):
     config : pipekit.config.ReductionConfig, optional
         The dataset's config, already loaded (`pipekit.config.load_reduction_config`);
         None loads ``<red_dir>/reduction_config.yaml``.
-    progress : callable, optional
-        Called as ``progress(done, total)`` after each frame.
 
     Returns
     -------
@@ -357,7 +355,7 @@ def measure_dataset(red_dir, config=None, *, progress=None):
         order = np.argsort(np.where(np.isfinite(flux_ref), -flux_ref, np.inf))
         bright = order[: min(50, max(len(stars) - 1, 0))]
         bright = bright[bright != 0]
-        for k, f in enumerate(todo):
+        for f in todo:
             try:
                 table = measure_frame_file(f, stars, config, bright)
             except (FrameError, PipekitError) as exc:
@@ -370,8 +368,6 @@ def measure_dataset(red_dir, config=None, *, progress=None):
                 write_ecsv(table, phot_dir / (lco.frame_stem(f) + ".ecsv"))
                 rejected.pop(f.name, None)
                 result.measured.append(f.name)
-            if progress is not None:
-                progress(k + 1, len(todo))
     elif (phot_dir / REFERENCE_STARS).exists():
         from astropy.table import Table
         stars = Table.read(phot_dir / REFERENCE_STARS, format="ascii.ecsv")

@@ -62,6 +62,17 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
         Star columns never used as comparisons (the target).
     min_stars : int
         Frames with fewer comparison stars get NaN zero points.
+    max_bad_fraction : float
+        Stars flagged (or non-finite, non-positive) in more than this fraction of frames are
+        never comparisons.
+    clip : float
+        A comparison measurement more than ``clip`` sigma from its frame's zero point is
+        left out of that frame.
+    chi2_clip : float
+        Comparison stars whose reduced chi-square exceeds ``median + chi2_clip * 1.4826 MAD``
+        (and 2) are dropped as variable.
+    max_iter : int
+        At most this many rounds of re-selecting the comparison set.
 
     Returns
     -------
