@@ -9,7 +9,6 @@ import argparse
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +53,7 @@ def main():
         ra, dec = truth.stars.ra, truth.stars.dec
         for frame in frames:
             t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                x, y = frame.wcs.all_world2pix(ra, dec, 0)
+            x, y = frame.wcs.all_world2pix(ra, dec, 0)
             inside = np.flatnonzero((x > r_out) & (x < shape[1] - r_out) & (y > r_out)
                                     & (y < shape[0] - r_out))[: args.stars]
             x, y = x[inside], y[inside]
@@ -95,7 +92,7 @@ def main():
         from astropy.table import Table
 
         from pipekit.config import load_reduction_config, write_reduction_config
-        from pipekit.photometry import _measure_one, _write_table
+        from pipekit.photometry import measure_frame_file, write_ecsv
 
         write_reduction_config(tmp / "reduction_config.yaml", truth.meta["target"],
                                truth.meta["ra"], truth.meta["dec"])
@@ -106,8 +103,8 @@ def main():
         full = []
         for path in truth.files:
             t0 = time.perf_counter()
-            out = _measure_one(path, stars, config, np.arange(1, 51))
-            _write_table(out, tmp / (path.name + ".ecsv"))
+            out = measure_frame_file(path, stars, config, np.arange(1, 51))
+            write_ecsv(out, tmp / (path.name + ".ecsv"))
             full.append(time.perf_counter() - t0)
         full_t = float(np.median(full))
 

@@ -7,18 +7,19 @@
 
 import csv
 import io
+import dataclasses
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import lco
 from .atomic import write_bytes_atomic, write_text_atomic
 from .errors import PipekitError
-from .photometry import (FLAGS, NON_POSITIVE, NORMALISATION, OFF_FRAME, REFERENCE_STARS,
-                         REJECTED_FRAMES, normalise_ensemble)
+from .photometry import (FLAGS, NON_POSITIVE, OFF_FRAME, REFERENCE_STARS, REJECTED_FRAMES,
+                         load_dataset_config, normalise_ensemble, write_ecsv)
 
 __all__ = ["LightCurve", "build_lightcurve", "write_lightcurve", "tom_csv_text",
            "plot_lightcurve", "lightcurve_paths", "DEFAULT_ZEROPOINT"]
@@ -53,14 +54,15 @@ class LightCurve:
         return len(self.table)
 
 
-def _safe_name(text):
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_") or "target"
-
-
 def lightcurve_paths(red_dir, target, filter):
-    """The three output paths: ``(ecsv, csv, png)`` inside ``red_dir``."""
+    """The three output paths: ``(ecsv, csv, png)`` inside ``red_dir``.
+
+    Target and filter become file-name parts by `pipekit.lco.slug`, the one name-to-file
+    rule: ``lightcurve_paths(d, "OGLE-2026-BLG-0034", "ip")[0]`` is
+    ``d / "OGLE-2026-BLG-0034_ip_lc.ecsv"``.
+    """
     red_dir = Path(red_dir)
-    stem = f"{_safe_name(target)}_{_safe_name(filter)}_lc"
+    stem = f"{lco.slug(target, default='target')}_{lco.slug(filter, default='target')}_lc"
     return red_dir / f"{stem}.ecsv", red_dir / f"{stem}.csv", red_dir / "lightcurve.png"
 
 
@@ -80,17 +82,7 @@ def _plain(value):
 
 
 def _config_dict(config):
-    """The reduction config as written (YAML), else its dataclass fields."""
-    import dataclasses
-
-    import yaml
-
-    source = getattr(config, "source", None)
-    if source and Path(source).is_file():
-        try:
-            return yaml.safe_load(Path(source).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
-            pass
+    """The validated reduction config (every setting, defaults included) as plain values."""
     if dataclasses.is_dataclass(config):
         return _plain(dataclasses.asdict(config))
     return {}
@@ -105,7 +97,8 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
         The dataset folder; reads ``photometry/*.ecsv`` written by
         :func:`pipekit.photometry.measure_dataset`.
     config : pipekit.config.ReductionConfig, optional
-        Default: ``<red_dir>/reduction_config.yaml``.
+        The dataset's config, already loaded (`pipekit.config.load_reduction_config`);
+        None loads ``<red_dir>/reduction_config.yaml``.
     zeropoint : float
         Instrumental magnitude zero point.
 
@@ -121,10 +114,9 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
     from astropy.table import Table
 
     from . import __version__
-    from .photometry import _load_config
 
     red_dir = Path(red_dir)
-    config = _load_config(red_dir, config)
+    config = load_dataset_config(red_dir, config)
     phot_dir = red_dir / "photometry"
     ref_path = phot_dir / REFERENCE_STARS
     if not ref_path.exists():
@@ -172,7 +164,6 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
     err = ens.flux_err[idx, 0]
     flags = G[idx, 0].copy()
     flags[~(flux > 0)] |= NON_POSITIVE
-    flags[~np.isfinite(ens.zero_point[idx])] |= NORMALISATION
     with np.errstate(invalid="ignore", divide="ignore"):
         mag = np.where(flux > 0, zeropoint - 2.5 * np.log10(flux), np.nan)
         mag_err = np.where(flux > 0, 2.5 / np.log(10) * err / flux, np.nan)
@@ -223,8 +214,8 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
 def tom_csv_text(lc):
     """The TOM Toolkit photometry CSV: ``time`` (MJD UTC), ``filter``, ``magnitude``, ``error``.
 
-    Only unflagged points with a finite magnitude go to the TOM: saturated, edge or
-    normalisation-failed points stay in the ECSV, marked, but are not published.
+    Only unflagged points with a finite magnitude go to the TOM: saturated, edge, sky-poor
+    or non-positive points stay in the ECSV, marked, but are not published.
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -278,9 +269,7 @@ def write_lightcurve(lc, red_dir):
         ``{"ecsv": Path, "csv": Path, "png": Path}``.
     """
     ecsv, csv_path, png = lightcurve_paths(red_dir, lc.target, lc.filter)
-    buf = io.StringIO()
-    lc.table.write(buf, format="ascii.ecsv")
-    write_text_atomic(ecsv, buf.getvalue())
+    write_ecsv(lc.table, ecsv)
     write_text_atomic(csv_path, tom_csv_text(lc))
     plot_lightcurve(lc, png)
     return {"ecsv": ecsv, "csv": csv_path, "png": png}

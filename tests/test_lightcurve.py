@@ -10,8 +10,9 @@ from astropy.table import Table
 
 from pipekit import steps
 from pipekit.atomic import TMP_PREFIX
-from pipekit.config import write_reduction_config
-from pipekit.lightcurve import LightCurve, build_lightcurve, tom_csv_text, write_lightcurve
+from pipekit.config import load_reduction_config, write_reduction_config
+from pipekit.lightcurve import (LightCurve, build_lightcurve, lightcurve_paths, tom_csv_text,
+                                write_lightcurve)
 from pipekit.photometry import SATURATED
 from pipekit.testing.simulate import simulate_dataset
 
@@ -168,3 +169,25 @@ def test_build_lightcurve_without_photometry_raises_a_pipekit_error(tmp_path):
     write_reduction_config(red / "reduction_config.yaml", "X", 10.0, -5.0)
     with pytest.raises(PipekitError, match="reference star list"):
         build_lightcurve(red)
+
+
+@pytest.mark.parametrize("target, filt, stem", [
+    ("OGLE-2026-BLG-0034", "ip", "OGLE-2026-BLG-0034_ip_lc"),
+    ("GJ 3470", "rp", "GJ_3470_rp_lc"),
+    ("KMT-2024-BLG-1234/B", "gp+rp", "KMT-2024-BLG-1234_B_gp+rp_lc"),
+    ("_M31 V1_", "V", "M31_V1_V_lc"),
+])
+def test_light_curve_file_names_follow_the_one_slug_rule(tmp_path, target, filt, stem):
+    ecsv, csv_path, png = lightcurve_paths(tmp_path, target, filt)
+    assert (ecsv.name, csv_path.name, png.name) == (f"{stem}.ecsv", f"{stem}.csv",
+                                                    "lightcurve.png")
+
+
+def test_build_lightcurve_uses_the_config_given_and_reads_no_file(dataset, tmp_path):
+    red, truth, bad, phot, lc = dataset
+    config = load_reduction_config(red / "reduction_config.yaml")
+    config.target.name = "given-not-read"
+    again = build_lightcurve(red, config)
+    assert again.target == "given-not-read"
+    assert again.table.meta["reduction_config"]["target"]["name"] == "given-not-read"
+    assert again.table.meta["reduction_config"]["source"] == str(red / "reduction_config.yaml")

@@ -17,9 +17,10 @@ from astropy.wcs import WCS
 
 from pipekit.config import load_reduction_config, write_reduction_config
 from pipekit.errors import PipekitError
+from pipekit.lco import frame_stem
 from pipekit.photometry import (EDGE, OFF_FRAME, REFERENCE_STARS, REJECTED_FRAMES, SATURATED,
                                 annulus_sky, aperture_sums, bjd_tdb, circular_overlap,
-                                describe_flags, frame_stem, measure_dataset, measure_frame,
+                                describe_flags, measure_dataset, measure_frame,
                                 normalise_ensemble)
 from pipekit.testing.simulate import simulate_dataset
 
@@ -99,6 +100,23 @@ def test_measure_frame_flags_off_frame_edge_and_saturated_stars():
     assert t["flags"][3] == 0
     assert t["flux"][3] == pytest.approx(0.0, abs=1e-9)
     assert describe_flags(int(t["flags"][0])) == ["saturated"]
+
+
+def test_measure_frame_works_on_plain_numpy_arrays_with_no_files(tmp_path, monkeypatch):
+    from pipekit.photometry.frame import measure_frame as measure_frame_from_arrays
+
+    monkeypatch.chdir(tmp_path)
+    yy, xx = np.mgrid[:64, :64]
+    data = 300.0 + 5000.0 * np.exp(-((xx - 30.4) ** 2 + (yy - 33.1) ** 2) / 2.0) / (2 * np.pi)
+    positions = np.array([[30.4, 33.1], [10.0, 10.0]])
+    t = measure_frame_from_arrays(data, positions, 5.0, 9.0, 14.0, gain=1.5, rdnoise=4.0)
+    assert measure_frame_from_arrays is measure_frame
+    assert list(t["x"]) == [30.4, 10.0] and np.all(t["flags"] == 0)
+    assert t["sky"][0] == pytest.approx(300.0, rel=1e-6)
+    assert t["flux"][0] == pytest.approx(5000.0 * (1 - np.exp(-12.5)), rel=1e-3)
+    assert t["flux"][1] == pytest.approx(0.0, abs=1e-6)
+    assert np.all(t["flux_err"] > 0)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_reported_errors_match_the_scatter_of_repeated_noisy_measurements():
@@ -334,3 +352,40 @@ def test_empty_dataset_measures_nothing_without_crashing(tmp_path):
     write_reduction_config(red / "reduction_config.yaml", "X", 10.0, -5.0)
     result = measure_dataset(red)
     assert result.n_frames == 0 and result.measured == [] and result.rejected == {}
+
+
+def test_frames_of_every_suffix_are_measured_or_rejected_none_vanishes(tmp_path):
+    import gzip
+
+    plain = simulate_dataset(tmp_path / "plain", n_frames=4, seed=51, shape=(200, 200),
+                             n_stars=40, compress=False)
+    packed = simulate_dataset(tmp_path / "packed", n_frames=4, seed=51, shape=(200, 200),
+                              n_stars=40, compress=True)
+    red = tmp_path / "ds"
+    data = red / "data"
+    data.mkdir(parents=True)
+    (data / "a.fits.gz").write_bytes(gzip.compress(plain.files[0].read_bytes()))
+    (data / "b.FITS").write_bytes(plain.files[1].read_bytes())
+    (data / "c.fits.fz").write_bytes(packed.files[2].read_bytes())
+    (data / "d.fit").write_bytes(plain.files[3].read_bytes())
+    write_reduction_config(red / "reduction_config.yaml", plain.meta["target"],
+                           plain.meta["ra"], plain.meta["dec"])
+    names = {"a.fits.gz", "b.FITS", "c.fits.fz", "d.fit"}
+    result = measure_dataset(red)
+    assert result.n_frames == 4
+    assert set(result.measured) | set(result.rejected) == names
+    assert all(result.rejected.values())             # a rejected frame says why
+    assert set(result.measured) == names             # every one of them is readable
+    for stem in "abcd":
+        assert (red / "photometry" / f"{stem}.ecsv").is_file()
+    on_disk = json.loads((red / "photometry" / REJECTED_FRAMES).read_text())
+    assert on_disk == result.rejected
+
+
+def test_a_config_passed_in_is_used_and_the_file_is_not_read(tmp_path):
+    red = tmp_path / "ds"
+    make_dataset(red, 3, seed=61, shape=(200, 200), n_stars=40)
+    config = load_reduction_config(red / "reduction_config.yaml")
+    (red / "reduction_config.yaml").unlink()
+    result = measure_dataset(red, config)
+    assert len(result.measured) == 3

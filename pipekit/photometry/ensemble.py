@@ -1,0 +1,158 @@
+"""Ensemble normalisation: per-frame zero points from constant field stars."""
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Ensemble", "normalise_ensemble"]
+
+
+@dataclass
+class Ensemble:
+    """Result of `normalise_ensemble`; arrays are (frames, stars) or per frame / star.
+
+    Attributes
+    ----------
+    flux, flux_err : ndarray
+        Normalised fluxes and their errors (comparison stars are normalised without
+        themselves, so their errors can be checked against their scatter).
+    zero_point, zero_point_err : ndarray
+        Per-frame factor ``z`` (raw = z * normalised) and its uncertainty.
+    comparison : ndarray of bool
+        Stars used as comparison stars.
+    n_comparison : ndarray of int
+        Comparison stars used per frame.
+    chi2 : ndarray
+        Reduced chi-square of each star's normalised flux about its median.
+    reference_flux : ndarray
+        Each star's flux at the reference zero point (median over frames).
+    """
+
+    flux: np.ndarray
+    flux_err: np.ndarray
+    zero_point: np.ndarray
+    zero_point_err: np.ndarray
+    comparison: np.ndarray
+    n_comparison: np.ndarray
+    chi2: np.ndarray
+    reference_flux: np.ndarray
+
+
+def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_bad_fraction=0.2,
+                       clip=5.0, chi2_clip=5.0, max_iter=10):
+    """Per-frame ensemble normalisation from constant field stars.
+
+    Each star's reference flux is its median over frames; a frame's zero point ``z`` is the
+    inverse-variance weighted mean of ``flux / reference`` over comparison stars, with
+    outliers in that frame clipped at ``clip`` sigma. Stars that vary (reduced chi-square of
+    their normalised flux above ``median + chi2_clip * 1.4826 MAD`` and above 2) or are flagged in
+    more than ``max_bad_fraction`` of frames are dropped, and the whole repeats until the
+    comparison set is stable. ``z``'s variance is ``1 / Σw`` scaled up by the frame's reduced
+    chi-square when that exceeds 1, and is propagated:
+    ``err² = (σ / z)² + (F σ_z / z²)²``.
+
+    Parameters
+    ----------
+    flux, flux_err : ndarray, shape (n_frames, n_stars)
+        Raw fluxes and errors.
+    flags : ndarray of int, same shape
+        Non-zero marks a measurement that must not be used as a comparison.
+    exclude : sequence of int
+        Star columns never used as comparisons (the target).
+    min_stars : int
+        Frames with fewer comparison stars get NaN zero points.
+    max_bad_fraction : float
+        Stars flagged (or non-finite, non-positive) in more than this fraction of frames are
+        never comparisons.
+    clip : float
+        A comparison measurement more than ``clip`` sigma from its frame's zero point is
+        left out of that frame.
+    chi2_clip : float
+        Comparison stars whose reduced chi-square exceeds ``median + chi2_clip * 1.4826 MAD``
+        (and 2) are dropped as variable.
+    max_iter : int
+        At most this many rounds of re-selecting the comparison set.
+
+    Returns
+    -------
+    Ensemble
+    """
+    F = np.asarray(flux, float)
+    E = np.asarray(flux_err, float)
+    bad = (np.asarray(flags) != 0) | ~np.isfinite(F) | ~np.isfinite(E) | (E <= 0) | (F <= 0)
+    n_frames, n_stars = F.shape
+    candidate = np.ones(n_stars, bool)
+    candidate[list(exclude)] = False
+    candidate &= bad.mean(axis=0) <= max_bad_fraction
+    comp = candidate.copy()
+    outlier = np.zeros_like(bad)
+    z = np.ones(n_frames)
+    chi2 = np.full(n_stars, np.nan)
+    Fm = np.where(bad, np.nan, F)
+    for _ in range(max_iter):
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            # a star with no usable frame (or a frame with none) has a NaN median / mean: the
+            # NaN is the answer, the warning is noise
+            warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+            warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+            ref = np.nanmedian(Fm / z[:, None], axis=0)
+            r = F / ref
+            e = E / ref
+            use = comp[None, :] & ~bad & ~outlier & np.isfinite(r)
+            w = np.where(use, 1.0 / e ** 2, 0.0)
+            W = w.sum(axis=1)
+            z = np.where(use.sum(axis=1) >= min_stars, (w * np.where(use, r, 0)).sum(axis=1) / W,
+                         np.nan)
+            # per-frame outliers (cosmic rays, a neighbour's glint)
+            new_outlier = comp[None, :] & ~bad & (np.abs(r - z[:, None]) > clip * e)
+            zl, zle = _leave_one_out(w, r, use, z, W)
+            nrm = r / zl
+            nerr = np.hypot(e / zl, r * zle / zl ** 2)
+            good = ~bad & ~new_outlier
+            res = np.where(good, ((nrm - 1.0) / nerr) ** 2, np.nan)
+            chi2 = np.nanmean(res, axis=0)
+        c = chi2[comp & np.isfinite(chi2)]
+        if c.size >= min_stars:
+            med = np.median(c)
+            mad = 1.4826 * np.median(np.abs(c - med))
+            limit = max(2.0, med + chi2_clip * max(mad, 0.05 * med))
+            new_comp = candidate & (chi2 <= limit)
+        else:
+            new_comp = comp
+        if np.array_equal(new_comp, comp) and np.array_equal(new_outlier, outlier):
+            break
+        comp, outlier = new_comp, new_outlier
+    use = comp[None, :] & ~bad & ~outlier
+    n_comp = use.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(use, 1.0 / (E / ref) ** 2, 0.0)
+        W = w.sum(axis=1)
+        r = F / ref
+        z = np.where(n_comp >= min_stars, (w * np.where(use, r, 0)).sum(axis=1) / W, np.nan)
+        zl, zle = _leave_one_out(w, r, use, z, W)
+        chi_frame = np.where(n_comp > 1, (w * np.where(use, r - z[:, None], 0) ** 2).sum(axis=1)
+                             / np.maximum(n_comp - 1, 1), 1.0)
+        z_err = np.sqrt(np.maximum(chi_frame, 1.0) / W)
+        # comparison stars use their leave-one-out zero point, everyone else the full one
+        zz = np.where(use, zl, z[:, None])
+        zze = np.where(use, zle, z_err[:, None])
+        norm = F / zz
+        norm_err = np.hypot(E / zz, F * zze / zz ** 2)
+    return Ensemble(flux=norm, flux_err=norm_err, zero_point=z, zero_point_err=z_err,
+                    comparison=comp, n_comparison=n_comp, chi2=chi2, reference_flux=ref)
+
+
+def _leave_one_out(w, r, use, z, W):
+    """Zero points and errors without each star itself (for the stars in ``use``)."""
+    S = (w * np.where(use, r, 0)).sum(axis=1)
+    n = use.sum(axis=1)
+    W1 = W[:, None] - w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zl = np.where(use, (S[:, None] - w * np.where(use, r, 0)) / W1, z[:, None])
+        resid = np.where(use, w * (r - z[:, None]) ** 2, 0)
+        chi = resid.sum(axis=1) / np.maximum(n - 1, 1)
+        zle = np.sqrt(np.maximum(chi, 1.0)[:, None] / np.where(use, W1, W[:, None]))
+    return zl, zle
+
+
