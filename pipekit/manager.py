@@ -10,7 +10,6 @@ import html
 import logging
 import multiprocessing
 import os
-import re
 import socket
 import tempfile
 import time
@@ -20,7 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .display import html_table, text_table
 from .errors import ConfigError, LockError, PipelineError
+from .lco import slug
 from .locks import DatasetLock
 from .pipeline import Pipeline, load
 
@@ -134,22 +135,10 @@ class Summary(list):
         for row in self:
             counts[row["status"]] = counts.get(row["status"], 0) + 1
         head = f"{len(self)} pipelines: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-        rows = [SUMMARY_COLUMNS] + [tuple(c if len(c) <= 70 else c[:67] + "..." for c in cells)
-                                    for cells in self._cells()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(SUMMARY_COLUMNS))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        return "\n".join([head] + lines)
+        return text_table(head, SUMMARY_COLUMNS, self._cells(), max_cell=70)
 
     def _repr_html_(self):
-        colours = {"success": "#d4edda", "error": "#f8d7da", "skipped": "#e2e3e5"}
-        head = "".join(f"<th>{c}</th>" for c in SUMMARY_COLUMNS)
-        body = []
-        for row, cells in zip(self, self._cells()):
-            tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-            style = colours.get(row["status"])
-            body.append(f'<tr style="background:{style}">{tds}</tr>' if style
-                        else f"<tr>{tds}</tr>")
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        return html_table(SUMMARY_COLUMNS, self._cells(), [row["status"] for row in self])
 
 
 class Manager:
@@ -367,7 +356,7 @@ class Manager:
         seen = {}
         for i, pipe in enumerate(self.pipelines):
             if pipe.checkpoint_path is None:
-                folder = self._manager_log_dir() / f"{i:03d}-{_safe(pipe.name)}"
+                folder = self._manager_log_dir() / f"{i:03d}-{slug(pipe.name, default='pipeline')}"
                 folder.mkdir(parents=True, exist_ok=True)
                 pipe.paths["log"] = folder
             key = os.path.realpath(pipe.checkpoint_path)
@@ -469,7 +458,7 @@ class Manager:
 
         futures = {}
         for i in todo:
-            key = f"pipekit-{_safe(self.pipelines[i].name)}-{uuid.uuid4().hex[:8]}"
+            key = f"pipekit-{slug(self.pipelines[i].name, default='pipeline')}-{uuid.uuid4().hex[:8]}"
             # pure=False: the same path must run again on the next call, not
             # come back from Dask's cache.
             fut = self.executor.submit(run_checkpoint, self._paths[i], kwargs, self._stamps[i],
@@ -603,10 +592,6 @@ def _is_dask_client(executor):
         return False
     from distributed import Client
     return isinstance(executor, Client)
-
-
-def _safe(name):
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "pipeline"
 
 
 def _last_line(text):
