@@ -11,7 +11,6 @@ import math
 import re
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 from .errors import FrameError
 # Re-exported: the names have been importable from here since pipekit's first release.
 from .lco import (INSTRUMENT_CLASSES, clean_float, clean_int, clean_str, instrument_class,
-                  parse_dec, parse_ra, parse_utc, reduction_level_from_name)
+                  mjd_utc, parse_dec, parse_ra, parse_utc, reduction_level_from_name)
 
 __all__ = [
     "FrameInfo", "Frame", "info_from_header", "read_frame_info", "read_frame",
@@ -42,7 +41,6 @@ CALIBRATION_OBSTYPES = frozenset({
 # ("N/A", "UNKNOWN" and the other "no value" markers are None already, from clean_str.)
 _EMPTY_FILTERS = frozenset({"AIR", "CLEAR"})
 
-_MJD_EPOCH = datetime(1858, 11, 17, tzinfo=timezone.utc)
 
 @dataclass
 class FrameInfo:
@@ -296,7 +294,7 @@ def info_from_header(header, path=""):
         exptime = None
     mjd_mid = None
     if start is not None and exptime is not None:
-        mjd_mid = (start - _MJD_EPOCH) / timedelta(days=1) + exptime / 2.0 / 86400.0
+        mjd_mid = mjd_utc(start) + exptime / 2.0 / 86400.0
 
     saturate = clean_float(header.get("SATURATE"), positive=True)
     if saturate is None:

@@ -249,14 +249,14 @@ class Manager:
         from .config import load_manager_config
         from .datasets import select_datasets
         from .locks import is_stale, read_lock
-        from .workflows import reduction_pipeline
+        from .workflows import dataset_name, reduction_pipeline
 
         config = load_manager_config(path)
         red_dirs = select_datasets(config.data_reduction_dir, config.dataset_selection,
                                    config.instrument_list)
         pipelines, not_run = [], []
         for red_dir in red_dirs:
-            name = "/".join(Path(red_dir).resolve().parts[-3:])
+            name = dataset_name(red_dir)
             holder = read_lock(red_dir)
             if holder is not None and not is_stale(holder):
                 not_run.append(_not_run_row(name, red_dir, "skipped",

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,7 +17,7 @@ import requests
 
 from .errors import ConfigError, TOMError
 from .http import RetryableError, backoff_wait, call_with_retries, redact, retry_after_seconds
-from .lco import parse_utc
+from .lco import mjd_utc
 # Re-exported: product ids and the uploaded CSV are public here since the first release.
 from .tom_products import (LABEL_KEY, REDUCTION_VERSION_COLUMN, has_label, product_id_for,
                            with_reduction_version)
@@ -542,9 +541,7 @@ def _server_message(response, limit=600):
 
 def _mjd(timestamp):
     """MJD (UTC) of an ISO timestamp as TOM Toolkit serves it (``...Z``)."""
-    when = parse_utc(timestamp)
-    if when is None:
+    mjd = mjd_utc(timestamp)
+    if mjd is None:
         raise TOMError(f"TOM timestamp {timestamp!r}: expected an ISO 8601 date-time")
-    epoch = datetime(1858, 11, 17, tzinfo=timezone.utc)
-    delta = when - epoch
-    return delta.days + (delta.seconds + delta.microseconds / 1e6) / 86400.0
+    return mjd

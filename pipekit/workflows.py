@@ -16,7 +16,7 @@ from .pipeline import Pipeline
 
 log = logging.getLogger("pipekit.workflows")
 
-__all__ = ["download_pipeline", "reduction_pipeline", "DatasetPipeline"]
+__all__ = ["download_pipeline", "reduction_pipeline", "DatasetPipeline", "dataset_name"]
 
 #: Network steps retry this many times (with backoff) before they fail.
 NETWORK_RETRIES = 2
@@ -71,6 +71,11 @@ class DatasetPipeline(Pipeline):
         state = super().__getstate__()
         state["config"] = None  # read afresh by every run, never frozen in a checkpoint
         return state
+
+
+def dataset_name(red_dir):
+    """A dataset's name, as its reduction pipeline is called: ``<target>/<class>/<filter>``."""
+    return "/".join(Path(red_dir).resolve().parts[-3:])
 
 
 def download_pipeline(config_path):
@@ -131,7 +136,7 @@ def reduction_pipeline(red_dir):
     """
     red_dir = Path(red_dir).resolve()
     load_reduction_config(red_dir / CONFIG_NAME)  # fail early, naming the key
-    name = "/".join(red_dir.parts[-3:])
+    name = dataset_name(red_dir)
     pipe = DatasetPipeline(red_dir, paths={"log": red_dir / "logs"}, name=name)
     # The steps get the config from the running pipeline (read once per run), not as an
     # argument: arguments are saved in the checkpoint, and a resumed run must see edits.
