@@ -16,6 +16,7 @@ from .atomic import link_or_copy_new
 from .config import CONFIG_NAME, write_reduction_config
 from .errors import ConfigError, FrameError
 from .frames import CALIBRATION_OBSTYPES, read_frame_info
+from .locks import is_locked
 from .lco import LCO_FILENAME_RE, frame_stem, frame_suffix, list_frames, slug
 
 __all__ = [
@@ -101,10 +102,6 @@ def dataset_dir(reduction_dir, info):
 
 def is_dataset_locked(red_dir):
     """True when ``red_dir`` is locked by a live reduction (see `pipekit.locks`)."""
-    try:
-        from .locks import is_locked
-    except ImportError:  # locks.py not there: the lock file's existence is the lock
-        return (Path(red_dir) / "dataset.lock").exists()
     return is_locked(red_dir)
 
 

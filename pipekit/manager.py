@@ -259,14 +259,13 @@ class Manager:
             name = dataset_name(red_dir)
             holder = read_lock(red_dir)
             if holder is not None and not is_stale(holder):
-                not_run.append(_not_run_row(name, red_dir, "skipped",
-                                            f"locked by {holder.describe()}"))
+                not_run.append(_row(name, "skipped", f"locked by {holder.describe()}", red_dir))
                 log.warning("dataset %s skipped: locked by %s", red_dir, holder.describe())
                 continue
             try:
                 pipelines.append(reduction_pipeline(red_dir))
             except ConfigError as err:
-                not_run.append(_not_run_row(name, red_dir, "error", str(err)))
+                not_run.append(_row(name, "error", str(err), red_dir))
                 log.error("dataset %s not run: %s", red_dir, err)
         log.info("manager config %s: %d datasets to reduce, %d not run", path, len(pipelines),
                  len(not_run))
@@ -458,7 +457,8 @@ class Manager:
 
         futures = {}
         for i in todo:
-            key = f"pipekit-{slug(self.pipelines[i].name, default='pipeline')}-{uuid.uuid4().hex[:8]}"
+            name = slug(self.pipelines[i].name, default="pipeline")
+            key = f"pipekit-{name}-{uuid.uuid4().hex[:8]}"
             # pure=False: the same path must run again on the next call, not
             # come back from Dask's cache.
             fut = self.executor.submit(run_checkpoint, self._paths[i], kwargs, self._stamps[i],
@@ -554,11 +554,13 @@ class Manager:
         return head + (self.summary._repr_html_() if self.summary is not None else "")
 
 
-def _row(pipe, status, error=None):
-    return {"name": pipe.name, "status": status, "failed_step": pipe.failed_step,
-            "duration": None, "error": error,
-            "checkpoint": str(pipe.checkpoint_path) if pipe.checkpoint_path else None,
-            "host": None, "pid": None}
+def _row(pipe, status, error=None, red_dir=None):
+    """A summary row; ``pipe`` is a Pipeline, or only a name for a dataset never built."""
+    row = {"name": getattr(pipe, "name", pipe), "status": status,
+           "failed_step": getattr(pipe, "failed_step", None), "duration": None, "error": error,
+           "checkpoint": str(pipe.checkpoint_path) if getattr(pipe, "checkpoint_path", None)
+           else None, "host": None, "pid": None}
+    return row if red_dir is None else {**row, "red_dir": str(red_dir)}
 
 
 def _write_checkpoint(pipe):
@@ -573,12 +575,6 @@ def _write_checkpoint(pipe):
         return pipe.checkpoint()
     with DatasetLock(red_dir, pipeline_name=f"{pipe.name} (manager writing its checkpoint)"):
         return pipe.checkpoint()
-
-
-def _not_run_row(name, red_dir, status, error):
-    return {"name": name, "status": status, "failed_step": None, "duration": None,
-            "error": error, "checkpoint": None, "host": None, "pid": None,
-            "red_dir": str(red_dir)}
 
 
 def _resume_only(kwargs):

@@ -429,8 +429,8 @@ class TOMClient:
             content = csv_path.read_bytes()
         except OSError as exc:
             raise TOMError(f"{csv_path}: cannot read the light curve to upload: {exc}") from None
-        upload, points = with_reduction_version(csv_path, content,
-                                                 "pipekit-" + hashlib.sha256(content).hexdigest()[:16])
+        version = "pipekit-" + hashlib.sha256(content).hexdigest()[:16]
+        upload, points = with_reduction_version(csv_path, content, version)
         target = self.find_target(target_name)
         product_id = product_id_for(target["name"], data_label, content)
         groups = self.groups if groups is None else list(groups)
