@@ -8,12 +8,14 @@ complete file or the new complete file, never a half-written one (Luigi's
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 __all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "fsync_dir",
-           "remove_stale_temporaries", "TMP_PREFIX"]
+           "remove_stale_temporaries", "write_text_new", "link_or_copy_new", "AtomicFile",
+           "TMP_PREFIX"]
 
 #: Temporary files start with this, so cleanup and ``glob`` can skip them.
 TMP_PREFIX = ".pipekit-tmp-"
@@ -127,7 +129,106 @@ def write_text_atomic(path, text, encoding="utf-8"):
     return Path(path)
 
 
-__all__.append("AtomicFile")
+def write_text_new(path, text, encoding="utf-8"):
+    """Create ``path`` holding ``text``, atomically, never replacing an existing file.
+
+    The text is written and fsynced under a temporary name, then hard-linked to
+    ``path``: unlike a rename, a link refuses to replace a file, so two writers
+    racing for one name leave exactly one complete file. Where the filesystem
+    has no hard links, an exclusive create (``O_EXCL``) takes the name and the
+    text is copied in.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The new file. Its folder must exist.
+    text : str
+    encoding : str
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    FileExistsError
+        When ``path`` exists already (it is left untouched).
+    """
+    path = Path(path)
+    data = text.encode(encoding)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:
+            _create_exclusive(path, data)
+        fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path
+
+
+def link_or_copy_new(src, dest):
+    """Put a copy of file ``src`` at ``dest`` without ever replacing an existing ``dest``.
+
+    A hard link where the filesystem allows it (instant, no bytes copied); else the
+    bytes are copied under a temporary name, fsynced and linked (or, with no links
+    at all, exclusively created), so ``dest`` is never seen half-written.
+
+    Raises
+    ------
+    FileExistsError
+        When ``dest`` exists already.
+    FileNotFoundError
+        When ``src`` does not exist.
+    """
+    src, dest = Path(src), Path(dest)
+    try:
+        os.link(src, dest)
+        return dest
+    except (FileExistsError, FileNotFoundError):
+        raise
+    except OSError:
+        if dest.exists():
+            raise FileExistsError(dest) from None
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + dest.name + ".", dir=dest.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            raise
+        except OSError:
+            # No hard links here at all: claim the name exclusively, then fill it.
+            # Unlike the rest this is not atomic for readers, but never replaces.
+            _create_exclusive(dest, Path(tmp).read_bytes())
+        fsync_dir(dest.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return dest
+
+
+def _create_exclusive(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 
 
 class AtomicFile:

@@ -29,16 +29,17 @@ def _say(text=""):
 # ---- commands ----------------------------------------------------------------
 
 def cmd_init(args):
-    from .atomic import write_bytes_atomic
+    from .atomic import write_text_new
     from .config import template_path
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
     for name in TEMPLATES:
         target = folder / name
-        if target.exists():
+        try:  # create only: a file the user has edited is never replaced, even in a race
+            write_text_new(target, template_path(name).read_text(encoding="utf-8"))
+        except FileExistsError:
             _say(f"kept     {target} (exists)")
             continue
-        write_bytes_atomic(target, template_path(name).read_bytes())
         _say(f"written  {target}")
     _say("Edit the files (paths, proposals, environment variable names), then run "
          f"`pipekit download {folder / 'data_download.yaml'}`.")

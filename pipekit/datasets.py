@@ -8,17 +8,16 @@ A dataset is one folder ``<reduction_dir>/<target>/<instrument class>/<filter>/`
 import filecmp
 import logging
 import os
-import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from .atomic import TMP_PREFIX
-from .config import write_reduction_config
+from .atomic import link_or_copy_new
+from .config import CONFIG_NAME, write_reduction_config
 from .errors import ConfigError, FrameError
 from .frames import CALIBRATION_OBSTYPES, read_frame_info
+from .locks import is_locked
+from .lco import LCO_FILENAME_RE, frame_stem, frame_suffix, list_frames, slug
 
 __all__ = [
     "SortResult", "safe_name", "dataset_dir", "sort_frames", "configure_dataset",
@@ -30,10 +29,10 @@ log = logging.getLogger("pipekit.datasets")
 
 #: Folder (inside the reduction folder) for frames sort could not place.
 SET_ASIDE_DIR = "_set_aside"
-#: A dataset's configuration file.
-CONFIG_NAME = "reduction_config.yaml"
-#: File names that count as frames.
-FRAME_SUFFIXES = (".fits", ".fits.fz", ".fit", ".fts", ".fits.gz")
+
+# The LCO conventions, under the names this module has always exported.
+safe_name = slug
+frame_files = list_frames
 
 
 @dataclass
@@ -75,34 +74,6 @@ class SortResult:
         return len(self.set_aside)
 
 
-def safe_name(object_name):
-    """A filesystem-safe folder name for a target (or filter) name.
-
-    Letters, digits and ``. _ + -`` are kept; every other run of characters
-    (spaces, slashes, colons, ...) becomes one ``_``. Never empty, never
-    starting with ``.``, at most 100 characters.
-
-    Parameters
-    ----------
-    object_name : str
-
-    Returns
-    -------
-    str
-
-    Examples
-    --------
-    >>> safe_name("GJ 3470")
-    'GJ_3470'
-    >>> safe_name("OGLE-2024-BLG-0034")
-    'OGLE-2024-BLG-0034'
-    """
-    text = str(object_name if object_name is not None else "").strip()
-    text = re.sub(r"[^A-Za-z0-9._+-]+", "_", text)
-    text = text.strip("._")[:100].rstrip("._")
-    return text or "unnamed"
-
-
 def dataset_dir(reduction_dir, info):
     """The dataset folder of a frame: ``<reduction_dir>/<target>/<class>/<filter>``.
 
@@ -126,26 +97,11 @@ def dataset_dir(reduction_dir, info):
     if missing:
         raise FrameError(f"{info.path or info.filename}: cannot place in a dataset, header lacks "
                          f"{', '.join(missing)}")
-    return (Path(reduction_dir) / safe_name(info.target) / info.instrument_class
-            / safe_name(info.filter))
-
-
-def frame_files(folder):
-    """Frame files directly in ``folder`` (sorted by name), skipping hidden and temporary files."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith((".", TMP_PREFIX))
-                  and p.name.lower().endswith(FRAME_SUFFIXES))
+    return Path(reduction_dir) / slug(info.target) / info.instrument_class / slug(info.filter)
 
 
 def is_dataset_locked(red_dir):
     """True when ``red_dir`` is locked by a live reduction (see `pipekit.locks`)."""
-    try:
-        from .locks import is_locked
-    except ImportError:  # locks.py not there: the lock file's existence is the lock
-        return (Path(red_dir) / "dataset.lock").exists()
     return is_locked(red_dir)
 
 
@@ -160,26 +116,9 @@ def _same_bytes(a, b):
 
 def _move(src, dest):
     """Move ``src`` to ``dest`` (which must not exist), across filesystems if need be."""
-    try:
-        # os.link refuses to replace; then drop the source: a crash in between leaves two
-        # identical copies, never none.
-        os.link(src, dest)
-    except (FileExistsError, FileNotFoundError):
-        raise
-    except OSError:
-        if dest.exists():
-            raise FileExistsError(dest) from None
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + dest.name + ".", dir=dest.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+    # Link (or copy, atomically) first, then drop the source: a crash in between leaves
+    # two identical copies, never none; an existing dest is never replaced.
+    link_or_copy_new(src, dest)
     try:
         os.unlink(src)
     except FileNotFoundError:  # a concurrent sort saw the identical copy and dropped it
@@ -188,8 +127,7 @@ def _move(src, dest):
 
 def _free_name(folder, name):
     """``name`` in ``folder``, or ``name`` with ``.1``, ``.2`` ... before its FITS suffix."""
-    suffix = next((s for s in sorted(FRAME_SUFFIXES, key=len, reverse=True)
-                   if name.lower().endswith(s)), Path(name).suffix)
+    suffix = frame_suffix(name) or Path(name).suffix
     stem = name[: len(name) - len(suffix)] if suffix else name
     n = 1
     while (folder / f"{stem}.{n}{suffix}").exists():
@@ -285,7 +223,7 @@ def sort_frames(download_dir, reduction_dir, frame_paths=None):
     if frame_paths is None:
         if not download_dir.is_dir():
             raise FileNotFoundError(f"{download_dir}: download folder does not exist")
-        frame_paths = frame_files(download_dir)
+        frame_paths = list_frames(download_dir)
     reduction_dir.mkdir(parents=True, exist_ok=True)
     result = SortResult()
     locked = {}
@@ -399,7 +337,7 @@ def configure_dataset(red_dir, template=None):
     if config_path.exists():
         log.debug("%s exists; left as it is", config_path)
         return None
-    for frame in frame_files(red_dir / "data"):
+    for frame in list_frames(red_dir / "data"):
         try:
             info = read_frame_info(frame)
         except FrameError as exc:
@@ -451,12 +389,6 @@ def list_datasets(reduction_dir):
 
 # ---- selecting datasets -----------------------------------------------------------
 
-# site, telescope, camera, DAY-OBS, frame number, type + reduction level
-_LCO_NAME = re.compile(
-    r"^[a-z]{3}[0-9a-z]{4,5}-(?P<camera>[a-z]{2}\d{2})-(?P<day>\d{8})-\d{4}-[a-z]\d\d",
-    re.IGNORECASE)
-
-
 def frame_day(path):
     """The observing day of a frame: DAY-OBS from an LCO file name, else the header's DATE-OBS.
 
@@ -469,7 +401,7 @@ def frame_day(path):
     datetime.date or None
         None when neither gives a date (unreadable frame).
     """
-    match = _LCO_NAME.match(Path(path).name)
+    match = LCO_FILENAME_RE.match(frame_stem(path))
     if match:
         try:
             return datetime.strptime(match.group("day"), "%Y%m%d").date()
@@ -485,15 +417,15 @@ def frame_day(path):
 def _uses_instrument(red_dir, wanted):
     if red_dir.parent.name.lower() in wanted:       # <target>/<class>/<filter>
         return True
-    for frame in frame_files(red_dir / "data"):
-        match = _LCO_NAME.match(frame.name)
-        if match and match.group("camera").lower() in wanted:
+    for frame in list_frames(red_dir / "data"):
+        match = LCO_FILENAME_RE.match(frame_stem(frame))
+        if match and match.group("instrument").lower() in wanted:
             return True
     return False
 
 
 def _has_frame_between(red_dir, first, last):
-    for frame in frame_files(red_dir / "data"):
+    for frame in list_frames(red_dir / "data"):
         day = frame_day(frame)
         if day is not None and first <= day and (last is None or day <= last):
             return True

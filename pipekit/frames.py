@@ -5,17 +5,20 @@
 ("N/A", "UNKNOWN", "NaN", ``GAIN = "[3.3,3.4,3.3,3.4]"``) into plain values or None.
 """
 
+import contextlib
 import logging
 import math
 import re
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FrameError
+# Re-exported: the names have been importable from here since pipekit's first release.
+from .lco import (INSTRUMENT_CLASSES, clean_float, clean_int, clean_str, instrument_class,
+                  mjd_utc, parse_dec, parse_ra, parse_utc, reduction_level_from_name)
 
 __all__ = [
     "FrameInfo", "Frame", "info_from_header", "read_frame_info", "read_frame",
@@ -24,17 +27,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("pipekit.frames")
-
-#: Instrument class from the first two letters of ``INSTRUME`` (LCO camera naming).
-INSTRUMENT_CLASSES = {
-    "fa": "sinistro",
-    "fl": "sinistro",
-    "kb": "sbig",
-    "sq": "qhy",
-    "ep": "muscat",
-    "fs": "spectral",
-    "en": "floyds",
-}
 
 #: Frames whose pixels are a science image of the sky (photometry is possible).
 SCIENCE_OBSTYPES = frozenset({"EXPOSE", "STANDARD"})
@@ -45,17 +37,9 @@ CALIBRATION_OBSTYPES = frozenset({
     "TRACE", "DOUBLE", "LAMP", "STANDARD_BIAS",
 })
 
-# Values real headers use to say "no value".
-_NULL_STRINGS = frozenset({"", "N/A", "NA", "UNKNOWN", "NAN", "NONE", "NULL", "NOTPRESENT",
-                           "UNSPECIFIED", "-"})
-
 # Filter wheel positions that mean "no filter in this wheel".
-_EMPTY_FILTERS = frozenset({"AIR", "CLEAR", "NOTPRESENT", "N/A", "UNKNOWN", ""})
-
-_MJD_EPOCH = datetime(1858, 11, 17, tzinfo=timezone.utc)
-
-# LCO file names end in -<type letter><reduction level>, e.g. ...-0073-e91.fits.fz
-_RLEVEL_RE = re.compile(r"-[a-z](\d\d)(?:\.fits(?:\.fz|\.gz)?)?$", re.IGNORECASE)
+# ("N/A", "UNKNOWN" and the other "no value" markers are None already, from clean_str.)
+_EMPTY_FILTERS = frozenset({"AIR", "CLEAR"})
 
 
 @dataclass
@@ -200,192 +184,25 @@ class Frame:
     info: FrameInfo
 
 
-# ---- value cleaning ---------------------------------------------------------
-
-def _is_null(value):
-    if value is None:
-        return True
-    if isinstance(value, float) and not math.isfinite(value):
-        return True
-    if isinstance(value, str) and value.strip().upper() in _NULL_STRINGS:
-        return True
-    # astropy's Undefined card value
-    return type(value).__name__ == "Undefined"
-
-
-def _clean_str(value):
-    if _is_null(value):
-        return None
-    text = str(value).strip()
-    return text or None
-
-
-def _clean_float(value, *, positive=False):
-    """A finite float from a header value, or None. Lists ("[3.3,3.4]") give their mean."""
-    if _is_null(value) or isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("[") and text.endswith("]"):
-            parts = [_clean_float(p) for p in text[1:-1].split(",") if p.strip()]
-            parts = [p for p in parts if p is not None]
-            if not parts:
-                return None
-            value = sum(parts) / len(parts)
-        else:
-            try:
-                value = float(text)
-            except ValueError:
-                return None
-    elif isinstance(value, (list, tuple)):
-        parts = [_clean_float(p) for p in value]
-        parts = [p for p in parts if p is not None]
-        if not parts:
-            return None
-        value = sum(parts) / len(parts)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(value) or (positive and value <= 0):
-        return None
-    return value
-
-
-def _sexagesimal(text):
-    # "-32:22:57.34", "01 24 11.4", "+00:21:24.42" -> signed float in the unit of the first field
-    fields = re.split(r"[:\s]+|[hdms°'\"]+", text.strip())
-    fields = [f for f in fields if f]
-    if not 1 <= len(fields) <= 3:
-        raise ValueError(text)
-    negative = fields[0].startswith("-")
-    numbers = [abs(float(f)) for f in fields]
-    if any(n >= 60 for n in numbers[1:]):
-        raise ValueError(text)
-    value = numbers[0] + sum(n / 60.0 ** (i + 1) for i, n in enumerate(numbers[1:]))
-    return -value if negative else value
-
-
-def _parse_angle(value, sexagesimal_marks, degrees_per_unit, lowest, highest):
-    """Degrees from a sexagesimal string (``sexagesimal_marks`` tells one) or a number.
-
-    The sexagesimal value is in the unit of its first field, ``degrees_per_unit``
-    degrees each; None for a "no value" marker, nonsense, or a result outside
-    ``[lowest, highest]``.
-    """
-    if _is_null(value) or isinstance(value, bool):
-        return None
-    if isinstance(value, str) and re.search(sexagesimal_marks, value.strip()):
-        try:
-            degrees = _sexagesimal(value) * degrees_per_unit
-        except ValueError:
-            return None
-    else:
-        degrees = _clean_float(value)
-        if degrees is None:
-            return None
-    if not lowest <= degrees <= highest:
-        return None
-    return degrees
-
-
-def parse_ra(value):
-    """Right ascension in degrees from sexagesimal hours or decimal degrees.
-
-    Parameters
-    ----------
-    value : str or float
-        ``"17:59:27.05"`` or ``"17 59 27.05"`` (hours), or ``269.86`` /
-        ``"269.86"`` (degrees).
-
-    Returns
-    -------
-    float or None
-        Degrees in [0, 360), or None for a "no value" marker or nonsense.
-
-    Examples
-    --------
-    >>> round(parse_ra("01:24:11.435"), 6)
-    21.047646
-    """
-    degrees = _parse_angle(value, r"[:\shms]", 15.0, 0.0, 360.0)
-    return None if degrees is None else degrees % 360.0
-
-
-def parse_dec(value):
-    """Declination in degrees from sexagesimal or decimal degrees.
-
-    Parameters
-    ----------
-    value : str or float
-        ``"-32:22:57.34"``, ``"-32 22 57.34"`` or ``-32.38``.
-
-    Returns
-    -------
-    float or None
-        Degrees in [-90, 90], or None for a "no value" marker or nonsense.
-
-    Examples
-    --------
-    >>> round(parse_dec("-00:30:00"), 6)
-    -0.5
-    """
-    return _parse_angle(value, r"[:\sdms°]", 1.0, -90.0, 90.0)
-
-
-def instrument_class(instrument):
-    """The instrument class of an LCO camera name.
-
-    Parameters
-    ----------
-    instrument : str
-        ``INSTRUME``, e.g. ``"fa15"``, ``"kb70"``, ``"ep02"``.
-
-    Returns
-    -------
-    str or None
-        ``"sinistro"`` (fa, fl), ``"sbig"`` (kb), ``"qhy"`` (sq), ``"muscat"``
-        (ep), ``"spectral"`` (fs), ``"floyds"`` (en); None when unknown.
-
-    Examples
-    --------
-    >>> instrument_class("fa15")
-    'sinistro'
-    """
-    name = _clean_str(instrument)
-    if name is None:
-        return None
-    return INSTRUMENT_CLASSES.get(name[:2].lower())
-
-
 def _parse_date_obs(header):
-    """ISO UTC start of exposure from DATE-OBS (with UTSTART when DATE-OBS is a bare date)."""
-    text = _clean_str(header.get("DATE-OBS"))
+    """Aware UTC start of exposure from DATE-OBS (with UTSTART when DATE-OBS is a bare date)."""
+    text = clean_str(header.get("DATE-OBS"))
     if text is None:
         return None
-    text = text.replace(" ", "T").rstrip("Z")
-    if "T" not in text:
-        utstart = _clean_str(header.get("UTSTART"))
-        text = f"{text}T{utstart}" if utstart else f"{text}T00:00:00"
-    try:
-        date, _, clock = text.partition("T")
-        whole, _, frac = clock.partition(".")
-        dt = datetime.strptime(f"{date}T{whole}", "%Y-%m-%dT%H:%M:%S")
-    except ValueError:
-        return None
-    frac = (frac + "000000")[:6] if frac.isdigit() else "000000"
-    dt = dt.replace(microsecond=int(frac), tzinfo=timezone.utc)
-    return dt
+    if "T" not in text and " " not in text.strip():
+        # Old headers split the date and the time: DATE-OBS = '2024-05-01', UTSTART = '...'.
+        text = f"{text}T{clean_str(header.get('UTSTART')) or '00:00:00'}"
+    return parse_utc(text)
 
 
 def _location(header):
-    lat = _clean_float(header.get("LATITUDE"))
-    lon = _clean_float(header.get("LONGITUD"))
-    height = _clean_float(header.get("HEIGHT"))
+    lat = clean_float(header.get("LATITUDE"))
+    lon = clean_float(header.get("LONGITUD"))
+    height = clean_float(header.get("HEIGHT"))
     if lat is not None and not -90 <= lat <= 90:
         lat = None
     if None in (lat, lon, height):
-        xyz = [_clean_float(header.get(f"OBSGEO-{c}")) for c in "XYZ"]
+        xyz = [clean_float(header.get(f"OBSGEO-{c}")) for c in "XYZ"]
         if None not in xyz and any(xyz):
             from astropy import units as u
             from astropy.coordinates import EarthLocation
@@ -398,22 +215,22 @@ def _location(header):
 
 
 def _filter_name(header):
-    name = _clean_str(header.get("FILTER"))
+    name = clean_str(header.get("FILTER"))
     if name is not None and name.upper() not in _EMPTY_FILTERS:
         return name
     for key in ("FILTER1", "FILTER2", "FILTER3"):
-        name = _clean_str(header.get(key))
+        name = clean_str(header.get(key))
         if name is not None and name.upper() not in _EMPTY_FILTERS:
             return name
     return None
 
 
 def _pixscale(header):
-    scale = _clean_float(header.get("PIXSCALE"), positive=True)
+    scale = clean_float(header.get("PIXSCALE"), positive=True)
     if scale is not None:
         return scale
     # From the WCS CD matrix: sqrt(|det CD|) in deg/pixel.
-    cd = [_clean_float(header.get(k)) for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")]
+    cd = [clean_float(header.get(k)) for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")]
     if cd[0] is not None and cd[3] is not None:
         cd = [c or 0.0 for c in cd]
         det = abs(cd[0] * cd[3] - cd[1] * cd[2])
@@ -423,14 +240,9 @@ def _pixscale(header):
 
 
 def _has_celestial_wcs(header):
-    c1 = _clean_str(header.get("CTYPE1")) or ""
-    c2 = _clean_str(header.get("CTYPE2")) or ""
+    c1 = clean_str(header.get("CTYPE1")) or ""
+    c2 = clean_str(header.get("CTYPE2")) or ""
     return c1.upper().startswith("RA") and c2.upper().startswith("DEC")
-
-
-def _int_or_none(value):
-    number = _clean_float(value)
-    return int(number) if number is not None and number == int(number) else None
 
 
 def info_from_header(header, path=""):
@@ -457,7 +269,7 @@ def info_from_header(header, path=""):
     ('sinistro', 3.35)
     """
     path = str(path) if path else ""
-    filename = Path(path).name if path else (_clean_str(header.get("ORIGNAME")) or "")
+    filename = Path(path).name if path else (clean_str(header.get("ORIGNAME")) or "")
 
     ra = parse_ra(header.get("RA"))
     dec = parse_dec(header.get("DEC"))
@@ -468,33 +280,32 @@ def info_from_header(header, path=""):
     if cat_ra is None or cat_dec is None:
         cat_ra, cat_dec = ra, dec
 
-    instrument = _clean_str(header.get("INSTRUME"))
-    obstype = _clean_str(header.get("OBSTYPE"))
+    instrument = clean_str(header.get("INSTRUME"))
+    obstype = clean_str(header.get("OBSTYPE"))
     obstype = obstype.upper() if obstype else None
 
-    rlevel = _int_or_none(header.get("RLEVEL"))
+    rlevel = clean_int(header.get("RLEVEL"))
     if rlevel is None and path:
-        match = _RLEVEL_RE.search(Path(path).name)
-        rlevel = int(match.group(1)) if match else None
+        rlevel = reduction_level_from_name(path)
 
     start = _parse_date_obs(header)
-    exptime = _clean_float(header.get("EXPTIME"))
+    exptime = clean_float(header.get("EXPTIME"))
     if exptime is not None and exptime < 0:
         exptime = None
     mjd_mid = None
     if start is not None and exptime is not None:
-        mjd_mid = (start - _MJD_EPOCH) / timedelta(days=1) + exptime / 2.0 / 86400.0
+        mjd_mid = mjd_utc(start) + exptime / 2.0 / 86400.0
 
-    saturate = _clean_float(header.get("SATURATE"), positive=True)
+    saturate = clean_float(header.get("SATURATE"), positive=True)
     if saturate is None:
-        saturate = _clean_float(header.get("MAXLIN"), positive=True)
+        saturate = clean_float(header.get("MAXLIN"), positive=True)
     lat, lon, height = _location(header)
 
-    naxis = _int_or_none(header.get("NAXIS"))
+    naxis = clean_int(header.get("NAXIS"))
     info = FrameInfo(
         path=path,
         filename=filename,
-        target=_clean_str(header.get("OBJECT")),
+        target=clean_str(header.get("OBJECT")),
         ra=ra, dec=dec, cat_ra=cat_ra, cat_dec=cat_dec,
         filter=_filter_name(header),
         instrument=instrument,
@@ -505,13 +316,13 @@ def info_from_header(header, path=""):
         exptime=exptime,
         mjd_mid=mjd_mid,
         pixscale=_pixscale(header),
-        gain=_clean_float(header.get("GAIN"), positive=True),
-        rdnoise=_clean_float(header.get("RDNOISE")),
+        gain=clean_float(header.get("GAIN"), positive=True),
+        rdnoise=clean_float(header.get("RDNOISE")),
         saturate=saturate,
-        site=_clean_str(header.get("SITEID")),
+        site=clean_str(header.get("SITEID")),
         latitude=lat, longitude=lon, height=height,
-        naxis1=_int_or_none(header.get("NAXIS1")) if naxis else None,
-        naxis2=_int_or_none(header.get("NAXIS2")) if naxis else None,
+        naxis1=clean_int(header.get("NAXIS1")) if naxis else None,
+        naxis2=clean_int(header.get("NAXIS2")) if naxis else None,
         has_wcs=_has_celestial_wcs(header),
     )
     info.problems = _problems(info, naxis)
@@ -555,6 +366,26 @@ _AUXILIARY_EXTNAMES = frozenset({"BPM", "ERR", "MASK", "VAR", "WEIGHT", "WHT", "
 _WCS_KEY = re.compile(r"^(WCSAXES|NAXIS\d?|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CUNIT\d|CROTA\d|"
                       r"CD\d_\d|PC\d_\d|PV\d_\d+|PS\d_\d+|LONPOLE|LATPOLE|RADESYSA?|RADECSYS|"
                       r"EQUINOX|EPOCH|[AB]P?_\d+_\d+|[AB]P?_ORDER|[AB]P?_DMAX)$")
+
+
+@contextlib.contextmanager
+def _astropy_quirk_warnings_silenced():
+    """Silence astropy's warnings about quirks of real headers that pipekit handles itself.
+
+    Only these: any other warning (a real problem, or a deprecation) still shows.
+    """
+    from astropy.io.fits.verify import VerifyWarning
+    from astropy.utils.exceptions import AstropyUserWarning
+    from astropy.wcs import FITSFixedWarning
+
+    with warnings.catch_warnings():
+        # Non-standard cards (real LCO headers carry some) are read as they are.
+        warnings.filterwarnings("ignore", category=VerifyWarning)
+        # WCS keys astropy fixes while reading (old date formats, ...): the fix is wanted.
+        warnings.filterwarnings("ignore", category=FITSFixedWarning)
+        # A short file becomes a FrameError that names the truncation (see _truncation).
+        warnings.filterwarnings("ignore", message=".*truncated", category=AstropyUserWarning)
+        yield
 
 
 def _image_hdu(hdul, path):
@@ -619,8 +450,7 @@ def read_frame_info(path):
     FrameError
         Naming the file, when it is missing, not FITS, or holds no image.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _astropy_quirk_warnings_silenced():
         hdul = _open(path)
         try:
             with hdul:
@@ -692,8 +522,7 @@ def read_frame(path):
     >>> frame.data.shape, frame.info.filter, frame.info.problems  # doctest: +SKIP
     ((4096, 4096), 'ip', [])
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _astropy_quirk_warnings_silenced():
         hdul = _open(path)
         try:
             with hdul:

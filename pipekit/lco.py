@@ -16,7 +16,7 @@ __all__ = [
     "frame_suffix", "frame_stem", "is_frame_name", "list_frames",
     "is_no_value", "clean_str", "clean_float", "clean_int",
     "instrument_class", "reduction_level_from_name", "LCO_FILENAME_RE",
-    "slug", "parse_ra", "parse_dec", "parse_utc",
+    "slug", "parse_ra", "parse_dec", "parse_utc", "mjd_utc",
 ]
 
 #: FITS frame file suffixes, longest first so that ``x.fits.fz`` is not read as ``.fits``.
@@ -357,3 +357,25 @@ def parse_utc(value):
     if when.tzinfo is None:
         return when.replace(tzinfo=dt.timezone.utc)
     return when.astimezone(dt.timezone.utc)
+
+
+_MJD_EPOCH = dt.datetime(1858, 11, 17, tzinfo=dt.timezone.utc)
+
+
+def mjd_utc(when):
+    """The Modified Julian Date (UTC) of a date/time, as `parse_utc` reads it.
+
+    Returns
+    -------
+    float or None
+        None when ``when`` is not a date/time.
+
+    Examples
+    --------
+    >>> mjd_utc("2000-01-01T12:00:00Z")
+    51544.5
+    """
+    when = parse_utc(when)
+    if when is None:
+        return None
+    return (when - _MJD_EPOCH) / dt.timedelta(days=1)

@@ -10,7 +10,6 @@ import html
 import logging
 import multiprocessing
 import os
-import re
 import socket
 import tempfile
 import time
@@ -20,7 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .display import html_table, text_table
 from .errors import ConfigError, LockError, PipelineError
+from .lco import slug
 from .locks import DatasetLock
 from .pipeline import Pipeline, load
 
@@ -134,22 +135,10 @@ class Summary(list):
         for row in self:
             counts[row["status"]] = counts.get(row["status"], 0) + 1
         head = f"{len(self)} pipelines: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-        rows = [SUMMARY_COLUMNS] + [tuple(c if len(c) <= 70 else c[:67] + "..." for c in cells)
-                                    for cells in self._cells()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(SUMMARY_COLUMNS))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        return "\n".join([head] + lines)
+        return text_table(head, SUMMARY_COLUMNS, self._cells(), max_cell=70)
 
     def _repr_html_(self):
-        colours = {"success": "#d4edda", "error": "#f8d7da", "skipped": "#e2e3e5"}
-        head = "".join(f"<th>{c}</th>" for c in SUMMARY_COLUMNS)
-        body = []
-        for row, cells in zip(self, self._cells()):
-            tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-            style = colours.get(row["status"])
-            body.append(f'<tr style="background:{style}">{tds}</tr>' if style
-                        else f"<tr>{tds}</tr>")
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        return html_table(SUMMARY_COLUMNS, self._cells(), [row["status"] for row in self])
 
 
 class Manager:
@@ -260,24 +249,23 @@ class Manager:
         from .config import load_manager_config
         from .datasets import select_datasets
         from .locks import is_stale, read_lock
-        from .workflows import reduction_pipeline
+        from .workflows import dataset_name, reduction_pipeline
 
         config = load_manager_config(path)
         red_dirs = select_datasets(config.data_reduction_dir, config.dataset_selection,
                                    config.instrument_list)
         pipelines, not_run = [], []
         for red_dir in red_dirs:
-            name = "/".join(Path(red_dir).resolve().parts[-3:])
+            name = dataset_name(red_dir)
             holder = read_lock(red_dir)
             if holder is not None and not is_stale(holder):
-                not_run.append(_not_run_row(name, red_dir, "skipped",
-                                            f"locked by {holder.describe()}"))
+                not_run.append(_row(name, "skipped", f"locked by {holder.describe()}", red_dir))
                 log.warning("dataset %s skipped: locked by %s", red_dir, holder.describe())
                 continue
             try:
                 pipelines.append(reduction_pipeline(red_dir))
             except ConfigError as err:
-                not_run.append(_not_run_row(name, red_dir, "error", str(err)))
+                not_run.append(_row(name, "error", str(err), red_dir))
                 log.error("dataset %s not run: %s", red_dir, err)
         log.info("manager config %s: %d datasets to reduce, %d not run", path, len(pipelines),
                  len(not_run))
@@ -367,7 +355,7 @@ class Manager:
         seen = {}
         for i, pipe in enumerate(self.pipelines):
             if pipe.checkpoint_path is None:
-                folder = self._manager_log_dir() / f"{i:03d}-{_safe(pipe.name)}"
+                folder = self._manager_log_dir() / f"{i:03d}-{slug(pipe.name, default='pipeline')}"
                 folder.mkdir(parents=True, exist_ok=True)
                 pipe.paths["log"] = folder
             key = os.path.realpath(pipe.checkpoint_path)
@@ -469,7 +457,8 @@ class Manager:
 
         futures = {}
         for i in todo:
-            key = f"pipekit-{_safe(self.pipelines[i].name)}-{uuid.uuid4().hex[:8]}"
+            name = slug(self.pipelines[i].name, default="pipeline")
+            key = f"pipekit-{name}-{uuid.uuid4().hex[:8]}"
             # pure=False: the same path must run again on the next call, not
             # come back from Dask's cache.
             fut = self.executor.submit(run_checkpoint, self._paths[i], kwargs, self._stamps[i],
@@ -565,11 +554,13 @@ class Manager:
         return head + (self.summary._repr_html_() if self.summary is not None else "")
 
 
-def _row(pipe, status, error=None):
-    return {"name": pipe.name, "status": status, "failed_step": pipe.failed_step,
-            "duration": None, "error": error,
-            "checkpoint": str(pipe.checkpoint_path) if pipe.checkpoint_path else None,
-            "host": None, "pid": None}
+def _row(pipe, status, error=None, red_dir=None):
+    """A summary row; ``pipe`` is a Pipeline, or only a name for a dataset never built."""
+    row = {"name": getattr(pipe, "name", pipe), "status": status,
+           "failed_step": getattr(pipe, "failed_step", None), "duration": None, "error": error,
+           "checkpoint": str(pipe.checkpoint_path) if getattr(pipe, "checkpoint_path", None)
+           else None, "host": None, "pid": None}
+    return row if red_dir is None else {**row, "red_dir": str(red_dir)}
 
 
 def _write_checkpoint(pipe):
@@ -586,12 +577,6 @@ def _write_checkpoint(pipe):
         return pipe.checkpoint()
 
 
-def _not_run_row(name, red_dir, status, error):
-    return {"name": name, "status": status, "failed_step": None, "duration": None,
-            "error": error, "checkpoint": None, "host": None, "pid": None,
-            "red_dir": str(red_dir)}
-
-
 def _resume_only(kwargs):
     # A resumed run keeps its previous selection: tags would only be ignored.
     return {k: v for k, v in kwargs.items() if k not in ("run_tags", "ignore_tags", "run_steps",
@@ -603,10 +588,6 @@ def _is_dask_client(executor):
         return False
     from distributed import Client
     return isinstance(executor, Client)
-
-
-def _safe(name):
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "pipeline"
 
 
 def _last_line(text):

@@ -6,23 +6,20 @@ records each step's outcome and dill-pickles the whole pipeline to
 up with ``load(path).run(resume=True)``.
 """
 
-import copy
-import datetime as _dt
 import html
-import inspect
-import io
 import logging
-import pickle
 import sys
 import threading
 import time
 import traceback
-import types
 from pathlib import Path
 
 import dill
 
 from .atomic import remove_stale_temporaries, write_bytes_atomic
+from .checkpoint import dumps, find_unpicklable
+from .pipeline_step import PipelineStep, utc_now
+from .display import html_table, text_table
 from .errors import PipelineError
 
 __all__ = ["Pipeline", "PipelineStep", "PipelineError", "load", "CHECKPOINT_FORMAT"]
@@ -50,151 +47,6 @@ STATUSES = ("success", "error")
 # records of its own thread and of helper threads (download workers), but
 # not those of another pipeline run in a thread beside it.
 _RUNNING_THREADS = set()
-
-
-class _CheckpointPickler(pickle.Pickler):
-    """The C pickler, handing to dill only what must travel by value.
-
-    Functions and classes defined in ``__main__`` (a notebook, a script),
-    lambdas and local functions cannot be pickled by reference: dill pickles
-    those by value. Everything else goes through the fast C pickler, which
-    makes a checkpoint some 30 times cheaper than a whole-object dill dump.
-    The result loads with ``pickle.load`` and ``dill.load`` alike.
-    """
-
-    def __init__(self, file, value_cache=None):
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.value_cache = {} if value_cache is None else value_cache
-
-    def reducer_override(self, obj):
-        if isinstance(obj, (types.FunctionType, type)) and _needs_value(obj):
-            # dill is the slow part of a checkpoint: reuse its bytes for the
-            # same function object (the cache also keeps it alive, so its id
-            # cannot be reused by another object).
-            cached = self.value_cache.get(id(obj))
-            if cached is None or cached[0] is not obj:
-                cached = self.value_cache[id(obj)] = (obj, dill.dumps(obj, recurse=True))
-            return dill.loads, (cached[1],)
-        return NotImplemented
-
-
-def _needs_value(obj):
-    module = getattr(obj, "__module__", None)
-    return module in (None, "__main__", "__mp_main__") or "<" in obj.__qualname__
-
-
-def dumps(obj, value_cache=None):
-    """Pickle ``obj`` as checkpoints do: C pickler, dill where it must.
-
-    ``value_cache`` (a dict) keeps the dill bytes of functions pickled by
-    value, for reuse by later calls given the same dict.
-    """
-    buffer = io.BytesIO()
-    try:
-        _CheckpointPickler(buffer, value_cache).dump(obj)
-    except Exception:  # noqa: BLE001 - dill can pickle more (locks, ...); let it try
-        return dill.dumps(obj, recurse=True)
-    return buffer.getvalue()
-
-
-def _now():
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-class PipelineStep:
-    """One step of a :class:`Pipeline`: a function, its arguments and its outcome.
-
-    Parameters
-    ----------
-    func : callable
-        The step's work. It should return a dict with ``"status"``
-        (``"success"`` or ``"error"``). A function that declares a parameter
-        ``pipeline`` or ``step`` receives the running pipeline or this step.
-    tags : list of str or str, optional
-        Tags used to select steps; a single string is one tag.
-    name : str, optional
-        Unique name within the pipeline (default: the function's name,
-        suffixed when repeated).
-    ignore_errors : bool
-        A returned status ``"error"`` does not stop the run.
-    ignore_exceptions : bool
-        An exception is logged, the step's status becomes ``"error"`` and the
-        run goes on.
-    retries : int
-        Re-run a step that raised up to this many more times, with backoff.
-    **func_kwargs
-        Keyword arguments for ``func``; deep-copied for every call.
-
-    Attributes
-    ----------
-    status : str
-        ``"not run"``, ``"running"``, ``"success"``, ``"error"``,
-        ``"unknown"`` (the function returned no status dict) or
-        ``"interrupted"``.
-    result : object
-        What the function returned.
-    error : str or None
-        The traceback text of the last exception, or the error message.
-    started, finished : str or None
-        ISO timestamps (UTC).
-    duration : float or None
-        Seconds.
-    attempts : int
-        Number of calls in the last run of this step.
-    """
-
-    def __init__(self, func, tags=None, name=None, ignore_errors=False,
-                 ignore_exceptions=False, retries=0, **func_kwargs):
-        if not callable(func):
-            raise PipelineError(f"step function must be callable, not {type(func).__name__}")
-        if isinstance(tags, str):
-            tags = [tags]
-        if int(retries) < 0:
-            raise PipelineError(f"retries must be >= 0, not {retries!r}")
-        self.func = func
-        self.tags = list(tags or [])
-        self.name = name or _func_name(func)
-        self.ignore_errors = bool(ignore_errors)
-        self.ignore_exceptions = bool(ignore_exceptions)
-        self.retries = int(retries)
-        self.func_kwargs = func_kwargs
-        self.reset()
-
-    def reset(self):
-        """Forget the outcome of any earlier run."""
-        self.status = "not run"
-        self.result = None
-        self.error = None
-        self.started = None
-        self.finished = None
-        self.duration = None
-        self.attempts = 0
-
-    def call(self, pipeline=None):
-        """Call the function once with fresh copies of its arguments."""
-        kwargs = copy.deepcopy(self.func_kwargs)
-        wanted = _parameters(self.func)
-        if "pipeline" in wanted and "pipeline" not in kwargs:
-            kwargs["pipeline"] = pipeline
-        if "step" in wanted and "step" not in kwargs:
-            kwargs["step"] = self
-        return self.func(**kwargs)
-
-    def __repr__(self):
-        return (f"PipelineStep(name={self.name!r}, tags={self.tags!r}, "
-                f"status={self.status!r})")
-
-
-def _func_name(func):
-    name = getattr(func, "__name__", None) or type(func).__name__
-    return "lambda" if name == "<lambda>" else name
-
-
-def _parameters(func):
-    try:
-        return inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return {}
 
 
 class Pipeline:
@@ -372,7 +224,7 @@ class Pipeline:
         self.run_step_idx = idx
         self.status = "running"
         self.failed_step = None
-        self.started, self.finished = _now(), None
+        self.started, self.finished = utc_now(), None
         handler = self._open_log()
         try:
             log.info("pipeline %s: running %d of %d steps from index %d%s", self.name,
@@ -383,7 +235,7 @@ class Pipeline:
                 self._run_step(step, ignore_errors, ignore_exceptions)
                 self.run_step_idx += 1
             self.status = "success" if self.failed_step is None else "error"
-            self.finished = _now()
+            self.finished = utc_now()
             self.checkpoint()
             log.info("pipeline %s: finished, status %s", self.name, self.status)
         finally:
@@ -396,7 +248,7 @@ class Pipeline:
                              else ignore_exceptions)
         step.reset()
         step.status = "running"
-        step.started = _now()
+        step.started = utc_now()
         self.checkpoint()
         size_before = self._checkpoint_size
         t0 = time.monotonic()
@@ -455,7 +307,7 @@ class Pipeline:
     def _finish_step(self, step, status, result, t0):
         step.status = status
         step.result = result
-        step.finished = _now()
+        step.finished = utc_now()
         step.duration = time.monotonic() - t0
         level = logging.INFO if status in ("success", "unknown") else logging.ERROR
         log.log(level, "step %s [%s]: %s in %.3f s (%d attempt%s)", step.name,
@@ -465,7 +317,7 @@ class Pipeline:
     def _fail(self, step):
         self.status = "error"
         self.failed_step = step.name
-        self.finished = _now()
+        self.finished = utc_now()
         self.checkpoint()
 
     def _check_size(self, step, size):
@@ -515,7 +367,7 @@ class Pipeline:
                 try:
                     dumps(value)
                 except Exception as inner:  # noqa: BLE001
-                    culprit = _find_unpicklable(value)
+                    culprit = find_unpicklable(value)
                     return (f"step {step.name!r} {label} holds an object that cannot be "
                             f"pickled: {culprit} ({type(inner).__name__}: {inner})")
         return f"the pipeline cannot be pickled ({type(err).__name__}: {err})"
@@ -571,6 +423,8 @@ class Pipeline:
 
     # -- display ----------------------------------------------------------
 
+    _COLUMNS = ("#", "name", "tags", "status", "duration", "attempts")
+
     def _rows(self):
         for i, s in enumerate(self.steps):
             duration = "" if s.duration is None else f"{s.duration:.2f} s"
@@ -579,26 +433,12 @@ class Pipeline:
     def __repr__(self):
         head = (f"Pipeline {self.name!r}: {len(self.steps)} steps, status {self.status}, "
                 f"next step index {self.run_step_idx} of {len(self.run_steps)} selected")
-        rows = [("#", "name", "tags", "status", "duration", "attempts")]
-        rows += [tuple(str(c) for c in row) for row in self._rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-        return "\n".join([head] + lines)
+        return text_table(head, self._COLUMNS, self._rows())
 
     def _repr_html_(self):
-        colours = {"success": "#d4edda", "error": "#f8d7da", "running": "#fff3cd",
-                   "interrupted": "#f8d7da", "unknown": "#e2e3e5"}
-        head = "".join(f"<th>{h}</th>" for h in
-                       ("#", "name", "tags", "status", "duration", "attempts"))
-        body = []
-        for row in self._rows():
-            style = colours.get(row[3], "")
-            cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
-            body.append(f'<tr style="background:{style}">{cells}</tr>' if style
-                        else f"<tr>{cells}</tr>")
-        return (f"<p><b>Pipeline {html.escape(self.name)}</b>: status "
-                f"{html.escape(self.status)}</p><table><thead><tr>{head}</tr></thead>"
-                f"<tbody>{''.join(body)}</tbody></table>")
+        caption = (f"<p><b>Pipeline {html.escape(self.name)}</b>: status "
+                   f"{html.escape(self.status)}</p>")
+        return html_table(self._COLUMNS, self._rows(), [s.status for s in self.steps], caption)
 
 
 def _remove_stale_temporaries(folder):
@@ -606,31 +446,6 @@ def _remove_stale_temporaries(folder):
     for path in remove_stale_temporaries(folder, STALE_TEMPORARY_SECONDS,
                                          name=CHECKPOINT_NAME + ".*"):
         log.info("removed %s, left by a run killed while writing its checkpoint", path)
-
-
-def _find_unpicklable(value, depth=0):
-    """Name the innermost part of ``value`` that cannot be pickled."""
-    if depth < 4:
-        if isinstance(value, dict):
-            items = value.items()
-        elif isinstance(value, (list, tuple, set)):
-            items = enumerate(value)
-        else:
-            items = getattr(value, "__dict__", {}).items() if depth else ()
-        for key, item in items:
-            try:
-                dumps(item)
-            except Exception:  # noqa: BLE001
-                return f"[{key!r}] " + _find_unpicklable(item, depth + 1)
-    return f"{type(value).__module__}.{type(value).__qualname__} {_short_repr(value)}"
-
-
-def _short_repr(value, limit=80):
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001
-        text = "<unrepresentable>"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load(path):

@@ -1,22 +1,28 @@
 """The science and service functions wrapped as pipeline steps.
 
-Each step takes plain arguments (paths, names), calls the plain functions of
-the modules it adapts, logs what it did and returns a small status dict:
-``{"status": "success" | "error", <counts>, <output paths>}``. Big data goes
-to files; the dict stays small so checkpoints stay cheap.
+Each step takes plain arguments (paths, names), calls the plain functions of the modules it
+adapts and returns a small status dict: ``{"status": "success" | "error", <counts>, <output
+paths>}``. One adapter, `pipeline_step` (BANZAI's ``Stage.run`` is the model), owns what every
+step shares: isolating expected failures into a status dict, logging the outcome under the
+step's name. Big data goes to files; the dict stays small so checkpoints stay cheap.
 """
 
+import functools
+import inspect
 import logging
 from collections import Counter
 from pathlib import Path
 
 from .archive import FrameList, LocalArchive, archive_from_config, download_frames
-from .config import load_download_config, load_reduction_config, load_tom_config
-from .datasets import CONFIG_NAME, configure_dataset, list_datasets, sort_frames
-from .errors import ArchiveError, PipekitError
+from .config import CONFIG_NAME, load_download_config, load_reduction_config, load_tom_config
+from .datasets import configure_dataset, list_datasets, sort_frames
+from .errors import ArchiveError, ConfigError, PipekitError
 from .lightcurve import build_lightcurve, lightcurve_paths, write_lightcurve
 from .photometry import REJECTED_FRAMES, measure_dataset
 from .tom import TOMClient
+
+__all__ = ["pipeline_step", "reduction_config", "download", "sort", "configure", "photometry",
+           "lightcurve", "upload", "MAX_LISTED_FAILURES"]
 
 log = logging.getLogger("pipekit.steps")
 
@@ -25,6 +31,114 @@ log = logging.getLogger("pipekit.steps")
 MAX_LISTED_FAILURES = 20
 
 
+def pipeline_step(isolate=(PipekitError,), on_error=None):
+    """Decorator: turn a plain function returning a status dict into a pipeline step.
+
+    The function does the work and returns ``{"status": ..., ...}``; the adapter
+    does what every step shares. An exception of a type in ``isolate`` (a bad
+    config, an unreadable dataset) becomes ``{"status": "error", "error": str(exc),
+    "red_dir": ...}`` plus ``on_error``, logged at ERROR under the step's name; other
+    exceptions propagate, so the pipeline's ``retries`` and ``ignore_exceptions``
+    apply (network failures). The outcome is logged once: the counts (``n_*`` keys)
+    at INFO, or the returned ``error`` at ERROR.
+
+    Parameters
+    ----------
+    isolate : tuple of type
+        Exceptions that end the step with status ``"error"`` instead of raising.
+    on_error : dict, optional
+        Keys added to the error status (zero counts, empty lists), so that every
+        outcome of a step has the keys its callers read.
+
+    Returns
+    -------
+    callable
+        The decorator. The step keeps the function's name, signature and
+        docstring, and pickles by reference like the function.
+
+    Examples
+    --------
+    >>> @pipeline_step(on_error={"n_done": 0})  # doctest: +SKIP
+    ... def count(red_dir):
+    ...     return {"status": "success", "n_done": len(list(Path(red_dir).iterdir()))}
+    """
+    def decorate(func):
+        return _Step(func, tuple(isolate), dict(on_error or {}))
+    return decorate
+
+
+class _Step:
+    """A step made by `pipeline_step`: callable like its function, pickled by name.
+
+    A class, not a closure: dill, pickling a user's function that calls a step,
+    follows closures into everything they reach (the whole pipekit, recursively); an
+    instance that pickles as "the attribute ``name`` of module ``pipekit.steps``" stops
+    that walk, and a checkpoint stays small.
+    """
+
+    def __init__(self, func, isolate, on_error):
+        functools.update_wrapper(self, func)
+        self.__signature__ = inspect.signature(func)  # the engine reads it for `pipeline`
+        del self.__wrapped__
+        self._func, self._isolate, self._on_error = func, isolate, on_error
+
+    def __call__(self, *args, **kwargs):
+        where = self.__signature__.bind_partial(*args, **kwargs).arguments.get("red_dir")
+        label = f"{self.__name__} {where}" if where is not None else self.__name__
+        try:
+            result = self._func(*args, **kwargs)
+        except self._isolate as exc:
+            log.error("%s: %s", label, exc)
+            result = {"status": "error", "error": str(exc), **self._on_error}
+            if where is not None:
+                result["red_dir"] = str(where)
+            return result
+        if isinstance(result, dict):
+            counts = ", ".join(f"{key[2:]} {value}" for key, value in result.items()
+                               if key.startswith("n_"))
+            failed = result.get("status") == "error"
+            note = result.get("error") if failed else result.get("reason")
+            log.log(logging.ERROR if failed else logging.INFO, "%s: %s%s%s", label,
+                    result.get("status"), f" ({counts})" if counts else "",
+                    f": {note}" if note else "")
+        return result
+
+    def __reduce__(self):
+        return _step_named, (self.__module__, self.__qualname__)
+
+    def __repr__(self):
+        return f"<pipeline step {self.__module__}.{self.__qualname__}>"
+
+
+def _step_named(module, qualname):
+    import importlib
+    return getattr(importlib.import_module(module), qualname)
+
+
+def reduction_config(red_dir, pipeline=None):
+    """The dataset's `~pipekit.config.ReductionConfig`, read once per run.
+
+    A `~pipekit.workflows.DatasetPipeline` loads ``reduction_config.yaml`` at the
+    start of every run (a resumed one too, so edits take effect) and its steps share
+    that one validated config; a step called on its own reads the file.
+
+    Parameters
+    ----------
+    red_dir : str or os.PathLike
+    pipeline : Pipeline, optional
+        The running pipeline, as the step engine passes it.
+
+    Returns
+    -------
+    ReductionConfig
+    """
+    config = getattr(pipeline, "config", None)
+    if config is not None and Path(pipeline.red_dir).resolve() == Path(red_dir).resolve():
+        return config
+    return load_reduction_config(Path(red_dir) / CONFIG_NAME)
+
+
+@pipeline_step(isolate=())
 def download(config_path, max_workers=4, progress=False, now=None):
     """Download the new frames of every active archive and proposal.
 
@@ -96,15 +210,13 @@ def download(config_path, max_workers=4, progress=False, now=None):
     # Refused records (unsafe file names) fail every retry alike: they are reported,
     # not allowed to hold back sorting the frames that did arrive.
     status = "error" if failures else "success"
-    log.info("download: %d found, %d downloaded, %d skipped, %d failed (%s to %s)",
-             totals["n_found"], totals["n_downloaded"], totals["n_skipped"], totals["n_failed"],
-             start, end)
     return {"status": status, **totals, "failures": failures[:MAX_LISTED_FAILURES],
             "n_refused": len(refused), "refused": refused[:MAX_LISTED_FAILURES],
             "download_dir": str(folder), "frame_list": str(config.frame_list),
             "start": start.isoformat(), "end": end.isoformat()}
 
 
+@pipeline_step(isolate=(FileNotFoundError,), on_error={"n_sorted": 0, "n_set_aside": 0})
 def sort(download_dir, reduction_dir):
     """Step: move downloaded frames into their datasets (`pipekit.datasets.sort_frames`).
 
@@ -121,11 +233,7 @@ def sort(download_dir, reduction_dir):
         ``failed`` (``[[path, reason]]``). One bad frame never fails the step;
         a missing download folder does.
     """
-    try:
-        result = sort_frames(download_dir, reduction_dir)
-    except FileNotFoundError as exc:
-        log.error("sort: %s", exc)
-        return {"status": "error", "error": str(exc), "n_sorted": 0, "n_set_aside": 0}
+    result = sort_frames(download_dir, reduction_dir)
     return {
         "status": "success",
         "n_sorted": result.n_sorted,
@@ -140,6 +248,7 @@ def sort(download_dir, reduction_dir):
     }
 
 
+@pipeline_step(on_error={"n_configured": 0, "configs": []})
 def configure(reduction_dir, template=None):
     """Step: write ``reduction_config.yaml`` for every dataset that lacks one.
 
@@ -160,9 +269,7 @@ def configure(reduction_dir, template=None):
         folders no frame could configure, or whose config failed, with why).
     """
     if template is not None and not Path(template).is_file():
-        msg = f"{template}: reduction config template not found"
-        log.error("configure: %s", msg)
-        return {"status": "error", "error": msg, "n_configured": 0, "configs": []}
+        raise ConfigError(f"{template}: reduction config template not found")
     configs, unconfigured, n_existing = [], [], 0
     for red_dir in list_datasets(reduction_dir):
         if (Path(red_dir) / CONFIG_NAME).exists():
@@ -181,8 +288,6 @@ def configure(reduction_dir, template=None):
                 unconfigured.append([str(red_dir), "no readable frame with OBJECT and RA/DEC"])
         else:
             configs.append(str(path))
-    log.info("configure: %d new config(s), %d existing, %d dataset(s) not configured",
-             len(configs), n_existing, len(unconfigured))
     return {"status": "success", "n_configured": len(configs), "configs": configs,
             "n_existing": n_existing, "n_unconfigured": len(unconfigured),
             "unconfigured": unconfigured}
@@ -195,16 +300,19 @@ def _first(mapping, n=_MAX_LISTED):
     return dict(list(sorted(mapping.items()))[:n])
 
 
-def photometry(red_dir):
+@pipeline_step()
+def photometry(red_dir, pipeline=None):
     """Step: measure every frame of a dataset not yet measured (`pipekit.photometry`).
 
-    Reads ``<red_dir>/reduction_config.yaml``; per-frame results go to
+    Uses the dataset's config (`reduction_config`); per-frame results go to
     ``<red_dir>/photometry/``, so a resumed run measures only the frames left.
 
     Parameters
     ----------
     red_dir : str or os.PathLike
         The dataset folder.
+    pipeline : Pipeline, optional
+        The running pipeline (passed by the step engine): its config, loaded once per run.
 
     Returns
     -------
@@ -215,11 +323,7 @@ def photometry(red_dir):
         dataset holds no frame, or no frame could be measured at all.
     """
     red_dir = Path(red_dir)
-    try:
-        result = measure_dataset(red_dir)
-    except PipekitError as exc:
-        log.error("photometry: %s", exc)
-        return {"status": "error", "error": str(exc), "red_dir": str(red_dir)}
+    result = measure_dataset(red_dir, config=reduction_config(red_dir, pipeline))
     done = len(result.measured) + len(result.skipped)
     status = {
         "status": "success" if done else "error",
@@ -237,20 +341,19 @@ def photometry(red_dir):
     if not done:
         status["error"] = (f"{red_dir}: no frame measured ({result.n_frames} frames in "
                            f"{red_dir / 'data'}, {len(result.rejected)} rejected)")
-        log.error("photometry: %s", status["error"])
-    else:
-        log.info("photometry %s: %d measured, %d already done, %d rejected", red_dir,
-                 status["n_measured"], status["n_skipped"], status["n_rejected"])
     return status
 
 
-def lightcurve(red_dir):
+@pipeline_step()
+def lightcurve(red_dir, pipeline=None):
     """Step: build and write the dataset's light curve (`pipekit.lightcurve`).
 
     Parameters
     ----------
     red_dir : str or os.PathLike
         The dataset folder, photometry already measured.
+    pipeline : Pipeline, optional
+        The running pipeline (passed by the step engine): its config, loaded once per run.
 
     Returns
     -------
@@ -259,15 +362,9 @@ def lightcurve(red_dir):
         reason, first 50), ``ecsv``, ``csv``, ``png`` (paths).
     """
     red_dir = Path(red_dir)
-    try:
-        lc = build_lightcurve(red_dir)
-    except PipekitError as exc:
-        log.error("lightcurve: %s", exc)
-        return {"status": "error", "error": str(exc), "red_dir": str(red_dir)}
+    lc = build_lightcurve(red_dir, config=reduction_config(red_dir, pipeline))
     paths = write_lightcurve(lc, red_dir)
     n_flagged = int((lc.table["flags"] != 0).sum())
-    log.info("lightcurve %s: %d points (%d flagged) -> %s", red_dir, len(lc), n_flagged,
-             paths["ecsv"])
     return {
         "status": "success",
         "red_dir": str(red_dir),
@@ -293,11 +390,13 @@ def _find_tom_csv(red_dir, target_name):
     return None
 
 
-def upload(red_dir):
+# A TOM failure raises, so that the step's retries apply.
+@pipeline_step(isolate=())
+def upload(red_dir, pipeline=None):
     """Upload the dataset's light curve to the TOM named in its reduction config.
 
-    Reads ``tom.upload``, ``tom.config_file`` and ``tom.data_label`` from
-    ``<red_dir>/reduction_config.yaml`` and the TOM's address and credentials
+    Reads ``tom.upload``, ``tom.config_file`` and ``tom.data_label`` from the
+    dataset's config (`reduction_config`) and the TOM's address and credentials
     from that ``tom_config.yaml``. The data product's label is
     ``<data_label>_<instrument class>_<filter>`` (from the dataset folder), so
     each dataset of a target keeps its own product and a re-run replaces
@@ -307,6 +406,8 @@ def upload(red_dir):
     ----------
     red_dir : str or os.PathLike
         The dataset folder ``<data_reduction_dir>/<target>/<instrument class>/<filter>/``.
+    pipeline : Pipeline, optional
+        The running pipeline (passed by the step engine): its config, loaded once per run.
 
     Returns
     -------
@@ -323,16 +424,14 @@ def upload(red_dir):
         A bad config or a TOM failure (the step's ``retries`` apply).
     """
     red_dir = Path(red_dir)
-    config = load_reduction_config(red_dir / "reduction_config.yaml")
+    config = reduction_config(red_dir, pipeline)
     if not config.tom.upload:
-        log.info("%s: tom.upload is false; nothing uploaded", red_dir)
         return {"status": "success", "skipped": True, "reason": "tom.upload is false"}
     csv_path = _find_tom_csv(red_dir, config.target.name)
     if csv_path is None:
         expected = lightcurve_paths(red_dir, config.target.name, red_dir.name)[1].name
-        msg = f"{red_dir}: no light curve for the TOM ({expected}); run the lightcurve step first"
-        log.error(msg)
-        return {"status": "error", "error": msg}
+        return {"status": "error", "error": f"{red_dir}: no light curve for the TOM "
+                                            f"({expected}); run the lightcurve step first"}
     with open(csv_path, encoding="utf-8") as fh:
         rows = sum(1 for line in fh if line.strip()) - 1
     if rows < 1:

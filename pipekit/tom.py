@@ -5,14 +5,11 @@ reads the TOM's reduced data back. Passwords and tokens are read from the
 environment at each request: they are never stored, logged or pickled.
 """
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,8 +17,12 @@ import requests
 
 from .errors import ConfigError, TOMError
 from .http import RetryableError, backoff_wait, call_with_retries, redact, retry_after_seconds
+from .lco import mjd_utc
+# Re-exported: product ids and the uploaded CSV are public here since the first release.
+from .tom_products import (LABEL_KEY, REDUCTION_VERSION_COLUMN, has_label, product_id_for,
+                           with_reduction_version)
 
-__all__ = ["TOMClient", "product_id_for"]
+__all__ = ["TOMClient", "product_id_for", "REDUCTION_VERSION_COLUMN"]
 
 log = logging.getLogger("pipekit.tom")
 
@@ -32,52 +33,6 @@ MAX_RETRY_AFTER = 120.0
 #: Key of the JSON that TOM Toolkit returns (HTTP 500) when it cannot turn an
 #: uploaded file into reduced data: the file is refused, asking again won't help.
 _PROCESSING_ERROR_KEY = "Data processing error"
-#: Column added to every uploaded CSV (see `TOMClient.upload_photometry`).
-REDUCTION_VERSION_COLUMN = "reduction_version"
-_MAGNITUDE_COLUMNS = {"magnitude", "mag", "brightness", "limit"}
-_PIPEKIT_LABEL_KEY = "pipekit_data_label"
-
-
-def _slug(text, limit=80):
-    slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).strip("-")
-    return slug[:limit] or "x"
-
-
-def product_id_for(target_name, data_label, content):
-    """The deterministic ``product_id`` of a light curve upload.
-
-    Parameters
-    ----------
-    target_name : str
-        The TOM's name of the target.
-    data_label : str
-        The label that names this light curve (a newer upload with the same
-        label replaces the older one).
-    content : bytes
-        The CSV file's content, as read from disk.
-
-    Returns
-    -------
-    str
-        ``pipekit_<target>_<label>_<hash>``, where ``<hash>`` is 16 hex digits
-        of the SHA-256 of target, label and content: the same file uploaded
-        twice for the same target and label has the same id, which the TOM
-        recognises as already there.
-
-    Examples
-    --------
-    >>> product_id_for("OGLE-2024-BLG-0001", "pipekit_sinistro_ip", b"time\\n")[:-16]
-    'pipekit_OGLE-2024-BLG-0001_pipekit_sinistro_ip_'
-    """
-    digest = hashlib.sha256()
-    for part in (str(target_name).encode(), str(data_label).encode(), content):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return f"{_label_prefix(target_name, data_label)}{digest.hexdigest()[:16]}"
-
-
-def _label_prefix(target_name, data_label):
-    return f"pipekit_{_slug(target_name)}_{_slug(data_label)}_"
 
 
 class TOMClient:
@@ -474,12 +429,12 @@ class TOMClient:
             content = csv_path.read_bytes()
         except OSError as exc:
             raise TOMError(f"{csv_path}: cannot read the light curve to upload: {exc}") from None
-        upload, points = _with_reduction_version(csv_path, content,
-                                                 "pipekit-" + hashlib.sha256(content).hexdigest()[:16])
+        version = "pipekit-" + hashlib.sha256(content).hexdigest()[:16]
+        upload, points = with_reduction_version(csv_path, content, version)
         target = self.find_target(target_name)
         product_id = product_id_for(target["name"], data_label, content)
         groups = self.groups if groups is None else list(groups)
-        extra = {_PIPEKIT_LABEL_KEY: data_label, "sha256": hashlib.sha256(content).hexdigest(),
+        extra = {LABEL_KEY: data_label, "sha256": hashlib.sha256(content).hexdigest(),
                  "source_file": csv_path.name}
         form = {"target": str(target["id"]), "data_product_type": "photometry",
                 "product_id": product_id, "extra_data": json.dumps(extra, sort_keys=True)}
@@ -493,7 +448,7 @@ class TOMClient:
                  points, data_label)
 
         older = [p for p in self.list_products(target, "photometry")
-                 if p.get("id") != created.get("id") and _has_label(p, target["name"], data_label)]
+                 if p.get("id") != created.get("id") and has_label(p, target["name"], data_label)]
         replaced, failed = [], []
         for product in older:
             try:
@@ -561,49 +516,6 @@ def _names(target):
         yield alias.get("name", "") if isinstance(alias, dict) else alias
 
 
-def _has_label(product, target_name, data_label):
-    try:
-        extra = json.loads(product.get("extra_data") or "{}")
-    except ValueError:
-        extra = None
-    if isinstance(extra, dict) and _PIPEKIT_LABEL_KEY in extra:
-        return extra[_PIPEKIT_LABEL_KEY] == data_label
-    # A product whose extra_data was edited in the TOM: fall back to its id.
-    pattern = re.escape(_label_prefix(target_name, data_label)) + r"[0-9a-f]{16}"
-    return re.fullmatch(pattern, product.get("product_id") or "") is not None
-
-
-def _with_reduction_version(csv_path, content, version):
-    """The CSV with a ``reduction_version`` column added, and its number of rows."""
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise TOMError(f"{csv_path}: expected a UTF-8 text CSV, found binary data") from None
-    rows = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
-    if not rows:
-        raise TOMError(f"{csv_path}: empty file; expected a CSV with a header row "
-                       "(time, filter, magnitude, error)")
-    header = [c.strip() for c in rows[0]]
-    missing = []
-    if "time" not in header:
-        missing.append("'time' (MJD)")
-    if not _MAGNITUDE_COLUMNS & set(header):
-        missing.append("'magnitude'")
-    if missing:
-        raise TOMError(f"{csv_path}: no column {' or '.join(missing)} in the header "
-                       f"{','.join(header)!r}; expected time, filter, magnitude, error")
-    if len(rows) < 2:
-        raise TOMError(f"{csv_path}: header only, no light curve points to upload")
-    if REDUCTION_VERSION_COLUMN in header:
-        return content, len(rows) - 1
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header + [REDUCTION_VERSION_COLUMN])
-    for row in rows[1:]:
-        writer.writerow(row + [version])
-    return out.getvalue().encode("utf-8"), len(rows) - 1
-
-
 def _is_processing_error(response):
     if response.status_code != 500:
         return False
@@ -629,10 +541,7 @@ def _server_message(response, limit=600):
 
 def _mjd(timestamp):
     """MJD (UTC) of an ISO timestamp as TOM Toolkit serves it (``...Z``)."""
-    when = datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    when = when.astimezone(timezone.utc)
-    epoch = datetime(1858, 11, 17, tzinfo=timezone.utc)
-    delta = when - epoch
-    return delta.days + (delta.seconds + delta.microseconds / 1e6) / 86400.0
+    mjd = mjd_utc(timestamp)
+    if mjd is None:
+        raise TOMError(f"TOM timestamp {timestamp!r}: expected an ISO 8601 date-time")
+    return mjd

@@ -5,25 +5,34 @@ run can be limited (``pipe.run(["photometry"])``), with its checkpoint in a
 log folder so that a crash is resumed with ``load(path).run(resume=True)``.
 """
 
+import logging
 from pathlib import Path
 
 from . import steps
-from .config import load_download_config, load_reduction_config
+from .config import CONFIG_NAME, load_download_config, load_reduction_config
+from .errors import ConfigError
 from .locks import DatasetLock
 from .pipeline import Pipeline
 
-__all__ = ["download_pipeline", "reduction_pipeline", "DatasetPipeline"]
+log = logging.getLogger("pipekit.workflows")
+
+__all__ = ["download_pipeline", "reduction_pipeline", "DatasetPipeline", "dataset_name"]
 
 #: Network steps retry this many times (with backoff) before they fail.
 NETWORK_RETRIES = 2
 
 
 class DatasetPipeline(Pipeline):
-    """A pipeline that holds its dataset's lock for the whole of every run.
+    """A pipeline that holds its dataset's lock, and its config, for the whole of every run.
 
     The lock (``<red_dir>/dataset.lock``) is taken before the first step and
     released in ``finally``, whether the run succeeds, fails or is
     interrupted, so two processes never reduce one dataset at once.
+
+    ``reduction_config.yaml`` is validated once at the start of every run (a
+    resumed one too, so edits made meanwhile take effect) into ``config``, which
+    the steps share (`pipekit.steps.reduction_config`). ``config`` is not saved in
+    the checkpoint: a loaded pipeline reads the file again when it runs.
 
     Parameters
     ----------
@@ -41,11 +50,32 @@ class DatasetPipeline(Pipeline):
     def __init__(self, red_dir, **kwargs):
         super().__init__(**kwargs)
         self.red_dir = Path(red_dir)
+        self.config = None
 
     def run(self, *args, **kwargs):
-        """Run as :meth:`Pipeline.run` does, holding the dataset lock."""
+        """Run as :meth:`Pipeline.run` does, holding the dataset lock and its config."""
         with DatasetLock(self.red_dir, pipeline_name=self.name):
-            return super().run(*args, **kwargs)
+            try:
+                self.config = load_reduction_config(self.red_dir / CONFIG_NAME)
+            except ConfigError as exc:
+                # The steps that need the config read it and fail with this message,
+                # recorded as their error like any other failure of theirs.
+                log.error("%s", exc)
+                self.config = None
+            try:
+                return super().run(*args, **kwargs)
+            finally:
+                self.config = None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["config"] = None  # read afresh by every run, never frozen in a checkpoint
+        return state
+
+
+def dataset_name(red_dir):
+    """A dataset's name, as its reduction pipeline is called: ``<target>/<class>/<filter>``."""
+    return "/".join(Path(red_dir).resolve().parts[-3:])
 
 
 def download_pipeline(config_path):
@@ -105,9 +135,11 @@ def reduction_pipeline(red_dir):
         When ``reduction_config.yaml`` is missing or invalid.
     """
     red_dir = Path(red_dir).resolve()
-    load_reduction_config(red_dir / "reduction_config.yaml")  # fail early, naming the key
-    name = "/".join(red_dir.parts[-3:])
+    load_reduction_config(red_dir / CONFIG_NAME)  # fail early, naming the key
+    name = dataset_name(red_dir)
     pipe = DatasetPipeline(red_dir, paths={"log": red_dir / "logs"}, name=name)
+    # The steps get the config from the running pipeline (read once per run), not as an
+    # argument: arguments are saved in the checkpoint, and a resumed run must see edits.
     pipe.add_step(steps.photometry, tags=["photometry"], red_dir=str(red_dir))
     pipe.add_step(steps.lightcurve, tags=["lightcurve"], red_dir=str(red_dir))
     pipe.add_step(steps.upload, tags=["upload"], retries=NETWORK_RETRIES, red_dir=str(red_dir))

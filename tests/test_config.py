@@ -452,6 +452,52 @@ def test_write_reduction_config_adds_what_the_template_lacks(tmp_path, template_
     path = write_reduction_config(tmp_path / "r.yaml", "NEW", "01:00:00", "+10:00:00",
                                   template=template)
     cfg = load_reduction_config(path)
-    assert (cfg.target.name, cfg.target.ra, cfg.target.dec) == ("NEW", 15.0, 10.0)
+    # astropy's Angle (pipekit.lco.parse_ra) is exact only to a few ulp
+    assert (cfg.target.name, cfg.target.ra, cfg.target.dec) == ("NEW", pytest.approx(15.0),
+                                                                pytest.approx(10.0))
     assert cfg.photometry.aperture_arcsec == 3.5
     assert template_text.count("#") == path.read_text().count("#")
+
+
+# ---- "none" means "not set" for every optional key ---------------------------------------
+
+@pytest.mark.parametrize("marker", ["none", "None", "null", "~", "''"])
+def test_none_token_envvar_and_proposals_mean_not_set(tmp_path, marker):
+    path = write(tmp_path, "d.yaml", MINIMAL_DOWNLOAD.replace(
+        "{token_envvar: T}", f"{{token_envvar: {marker}, proposals: {marker}, "
+                             f"timeout: {marker}}}"))
+    lco = load_download_config(path).archives["lco"]
+    assert lco.token_envvar is None  # not a variable named 'none'
+    assert lco.proposals == []       # not ['none']
+    assert lco.timeout is None
+
+
+def test_none_marks_every_optional_key_of_every_file_as_default(tmp_path):
+    red = load_reduction_config(write(tmp_path, "r.yaml", """\
+        target: {name: X, RA: 1, Dec: 2}
+        photometry: {aperture_arcsec: none, reference_frame: none}
+        tom: {upload: none, config_file: none, data_label: none}
+        """))
+    assert red.photometry.aperture_arcsec == 3.0 and red.photometry.reference_frame is None
+    assert (red.tom.upload, red.tom.config_file, red.tom.data_label) == (False, None, "pipekit")
+    tom = load_tom_config(write(tmp_path, "t.yaml", "url: http://t\ntoken_envvar: T\n"
+                                                    "username: none\npassword_envvar: none\n"
+                                                    "groups: none\n"))
+    assert (tom.username, tom.password_envvar, tom.groups) == (None, None, [])
+    mgr = load_manager_config(write(tmp_path, "m.yaml", "log_dir: l\ndata_reduction_dir: r\n"
+                                                        "instrument_list: none\n"
+                                                        "max_parallel: none\n"))
+    assert (mgr.instrument_list, mgr.max_parallel) == ([], 4)
+
+
+def test_none_for_a_required_key_is_an_error_naming_it(tmp_path):
+    path = write(tmp_path, "m.yaml", "log_dir: none\ndata_reduction_dir: r\n")
+    with pytest.raises(ConfigError, match=r"m.yaml: key 'log_dir' = 'none': expected a path"):
+        load_manager_config(path)
+
+
+def test_a_none_inside_a_list_is_an_error(tmp_path):
+    path = write(tmp_path, "d.yaml", MINIMAL_DOWNLOAD.replace(
+        "{token_envvar: T}", "{proposals: [KEY-1, none]}"))
+    with pytest.raises(ConfigError, match="'archives.lco.proposals'.*a list of strings"):
+        load_download_config(path)

@@ -4,6 +4,7 @@ frames are set aside with their reason, locked datasets wait, nothing is lost or
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,7 +339,7 @@ def test_sort_and_configure_steps_return_counts_and_paths(dirs, tmp_path):
     assert sorted(out["configs"]) == sorted([os.path.join(ip, "reduction_config.yaml"),
                                              os.path.join(gp, "reduction_config.yaml")])
     assert load_reduction_config(out["configs"][0]).photometry.aperture_arcsec == 4.5
-    assert "# keep" in open(out["configs"][0]).read()
+    assert "# keep" in Path(out["configs"][0]).read_text()
 
 
 def test_sort_step_reports_a_missing_download_folder(tmp_path):

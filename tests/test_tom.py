@@ -323,6 +323,18 @@ def test_product_id_is_deterministic_and_depends_on_target_label_and_content():
                 product_id_for("U", "lab", b"time,magnitude\n1,2\n")}) == 4
 
 
+def test_product_ids_use_the_lco_slug_and_older_ids_stay_findable():
+    from pipekit.tom_products import has_label
+
+    assert product_id_for("GJ 3470", "my label", b"x").startswith("pipekit_GJ_3470_my_label_")
+    # An id of the older rule ("-" for other characters), extra_data edited away in the TOM:
+    legacy = {"product_id": "pipekit_GJ-3470_my-label_0123456789abcdef", "extra_data": ""}
+    assert has_label(legacy, "GJ 3470", "my label")
+    assert not has_label(legacy, "GJ 3470", "other label")
+    current = {"product_id": product_id_for("GJ 3470", "my label", b"x")}
+    assert has_label(current, "GJ 3470", "my label")
+
+
 def test_from_config_takes_url_credentials_names_groups_and_timeout():
     config = TOMConfig(url="https://tom.example.org", username="obs", password_envvar="TOM_PW",
                        groups=["team"], timeout=12.0)

@@ -76,3 +76,51 @@ def test_reduction_pipeline_needs_a_config(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(ConfigError, match="reduction_config.yaml"):
         reduction_pipeline(tmp_path)
+
+
+SEEN_APERTURES = []
+
+
+def aperture_step(red_dir, pipeline=None):
+    """A stand-in step: records the aperture of the config it was given."""
+    from pipekit import steps
+    SEEN_APERTURES.append(steps.reduction_config(red_dir, pipeline).photometry.aperture_arcsec)
+    return {"status": "success"}
+
+
+def test_the_reduction_config_is_read_once_per_run_shared_by_steps_and_reread_on_resume(
+        tmp_path, monkeypatch):
+    from pipekit import steps, workflows
+
+    red_dir = tmp_path / "T" / "sinistro" / "ip"
+    red_dir.mkdir(parents=True)
+    config = red_dir / "reduction_config.yaml"
+    config.write_text("target: {name: T, RA: 1, Dec: 2}\nphotometry: {aperture_arcsec: 3}\n")
+    pipe = reduction_pipeline(red_dir)
+    reads, fallbacks, seen = [], [], SEEN_APERTURES
+    seen.clear()
+    real = workflows.load_reduction_config
+    monkeypatch.setattr(workflows, "load_reduction_config", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(steps, "load_reduction_config", lambda p: fallbacks.append(p) or real(p))
+    for step in pipe.steps:
+        step.func = aperture_step
+    pipe.run()
+    assert (len(reads), fallbacks, seen) == (1, [], [3.0, 3.0, 3.0])
+    assert pipe.config is None  # only while running
+
+    loaded = load(red_dir / "logs")
+    assert loaded.config is None  # never frozen in the checkpoint
+    config.write_text("target: {name: T, RA: 1, Dec: 2}\nphotometry: {aperture_arcsec: 4}\n")
+    loaded.run(resume=True, start_idx=2)
+    assert (len(reads), fallbacks, seen[-1]) == (2, [], 4.0)
+
+
+def test_a_step_called_on_its_own_reads_the_config_and_reports_a_bad_one(tmp_path, caplog):
+    from pipekit import steps
+
+    (tmp_path / "reduction_config.yaml").write_text("target: {name: T, RA: 99:00:00, Dec: 2}\n")
+    with caplog.at_level("ERROR", logger="pipekit.steps"):
+        out = steps.photometry(tmp_path)
+    assert out["status"] == "error" and "'target.RA'" in out["error"]
+    assert out["red_dir"] == str(tmp_path)
+    assert f"photometry {tmp_path}: " in caplog.text

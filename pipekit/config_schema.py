@@ -1,0 +1,268 @@
+"""Validate YAML mappings into dataclasses, driven by the dataclasses' field types.
+
+The one validator behind `pipekit.config`: a field's type (``str``, ``float``, ``int``,
+``bool``, ``Path``, ``datetime``, ``list[str]``, a nested dataclass, optional or not) says
+how its YAML value is checked and converted, its ``metadata`` (made with `yaml_key`) adds the
+YAML key, aliases and limits. Errors name the file, the dotted key, the value and what was
+expected; a value that means "not set" (`is_unset`) is the same as a missing key.
+"""
+
+import dataclasses
+import logging
+import os
+import types
+import typing
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+from .lco import parse_utc
+
+__all__ = ["UNSET_STRINGS", "is_unset", "yaml_key", "NOT_IN_FILE", "MISSING", "Section", "build",
+           "read_yaml", "DATE_TIME", "DATE"]
+
+log = logging.getLogger("pipekit.config")
+
+#: What a YAML value says to mean "not set" (compared after ``strip().lower()``), besides
+#: YAML's own null. The same rule for every optional key of every file. Narrower than
+#: `pipekit.lco.NO_VALUE_STRINGS` on purpose: "N/A" or "-" in a header is noise, but in a
+#: file a person wrote it may be a real value (a proposal, a label).
+UNSET_STRINGS = frozenset({"", "none", "null", "~"})
+
+
+def is_unset(value):
+    """True when a YAML value means "not set": null, or ``none``/``null``/``~``/empty text.
+
+    Examples
+    --------
+    >>> is_unset("None"), is_unset(None), is_unset("N/A")
+    (True, True, False)
+    """
+    return value is None or (isinstance(value, str) and value.strip().lower() in UNSET_STRINGS)
+
+
+def yaml_key(name=None, aliases=(), **checks):
+    """Field metadata for the validator.
+
+    Parameters
+    ----------
+    name : str, optional
+        The YAML key, dotted for a nested one (``reduction_level.image``); default the
+        field's name.
+    aliases : tuple of str
+        Other spellings accepted (the first one present is read).
+    **checks
+        ``minimum`` (numbers), ``choices`` (strings, compared in lower case), ``parse``
+        (value -> result, None when invalid) and ``expected`` (the message's text).
+    """
+    return {"key": name, "aliases": tuple(aliases), **checks}
+
+
+#: Metadata of fields the loader fills itself (never read from the file).
+NOT_IN_FILE = {"in_file": False}
+
+#: Expected-value texts of date-times and dates, for field metadata and messages.
+DATE_TIME = "a UTC date-time 'YYYY-MM-DD HH:MM' or 'none'"
+DATE = "a date 'YYYY-MM-DD' or 'none'"
+
+#: A key absent from its mapping (not the same as a key set to ``none``).
+MISSING = object()
+_TRUE_FALSE = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+class Section:
+    """A mapping being validated: knows its file and dotted prefix for messages,
+    and which keys were read, so unknown keys can be warned about once."""
+
+    def __init__(self, source, data, prefix=""):
+        self.source = source
+        self.data = data
+        self.prefix = prefix
+        self.seen = set()
+        self.children = {}
+
+    def key(self, name):
+        return f"{self.prefix}{name}"
+
+    def fail(self, name, value, expected):
+        if value is MISSING:
+            raise ConfigError(f"{self.source}: required key '{self.key(name)}' is missing; "
+                              f"expected {expected}")
+        raise ConfigError(f"{self.source}: key '{self.key(name)}' = {value!r}: "
+                          f"expected {expected}")
+
+    def raw(self, name):
+        self.seen.add(name)
+        return self.data.get(name, MISSING)
+
+    def section(self, name):
+        """The sub-mapping ``name`` (empty when missing or not set)."""
+        if name not in self.children:
+            value = self.raw(name)
+            if value is MISSING or is_unset(value):
+                value = {}
+            elif not isinstance(value, dict):
+                self.fail(name, value, "a mapping of keys")
+            self.children[name] = Section(self.source, value, f"{self.key(name)}.")
+        return self.children[name]
+
+    def unknown(self):
+        """Warn about the keys nobody read (here and in sub-sections); return this level's."""
+        extra = {k: v for k, v in self.data.items() if k not in self.seen}
+        if extra:
+            log.warning("%s: unknown key(s) %s ignored", self.source,
+                        ", ".join(f"'{self.key(k)}'" for k in sorted(map(str, extra))))
+        for child in self.children.values():
+            child.unknown()
+        return extra
+
+
+def _hints(cls):
+    return typing.get_type_hints(cls)
+
+
+def _split_optional(hint):
+    """(the type without None, whether None was allowed)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return (args[0] if len(args) == 1 else hint), len(args) < len(typing.get_args(hint))
+    return hint, False
+
+
+def _expected(hint, meta):
+    if "expected" in meta:
+        return meta["expected"]
+    kind, _ = _split_optional(hint)
+    if "choices" in meta:
+        return f"one of {sorted(meta['choices'])}"
+    if dataclasses.is_dataclass(kind) or typing.get_origin(kind) is dict or kind is dict:
+        return "a mapping of keys"
+    text = {str: "a string", bool: "true or false", int: "an integer", float: "a number",
+            Path: "a path", datetime: DATE_TIME}.get(kind)
+    if typing.get_origin(kind) is list:
+        text = "a list of strings"
+    if "minimum" in meta:
+        text += f" >= {meta['minimum']}"
+    return text or f"a {getattr(kind, '__name__', kind)}"
+
+
+def _coerce(section, name, value, hint, meta):
+    """The value of one set key, converted to the field's type, or ConfigError."""
+    kind, _ = _split_optional(hint)
+    expected = _expected(hint, meta)
+    bad = False
+    if "parse" in meta:
+        result = meta["parse"](value)
+        bad = result is None
+    elif dataclasses.is_dataclass(kind):
+        return build(kind, section.section(name))
+    elif typing.get_origin(kind) is dict or kind is dict:
+        return dict(section.section(name).data)
+    elif kind is bool:
+        if isinstance(value, str) and value.strip().lower() in _TRUE_FALSE:
+            value = _TRUE_FALSE[value.strip().lower()]
+        result, bad = value, not isinstance(value, bool)
+    elif kind in (int, float):
+        bad = isinstance(value, bool) or not isinstance(value, (int, float))
+        bad = bad or (kind is int and value != int(value))
+        result = None if bad else kind(value)
+        bad = bad or ("minimum" in meta and result < meta["minimum"])
+    elif kind is str:
+        bad = isinstance(value, bool) or not isinstance(value, (str, int, float))
+        result = str(value).strip()
+        if "choices" in meta:
+            result = result.lower()
+            bad = bad or result not in meta["choices"]
+    elif typing.get_origin(kind) is list:
+        if isinstance(value, str):
+            value = [value]
+        bad = not isinstance(value, list) or not all(
+            isinstance(v, (str, int)) and not isinstance(v, bool) and not is_unset(v)
+            for v in value)
+        result = None if bad else [str(v).strip() for v in value]
+    elif kind is Path:
+        if not isinstance(value, str):
+            section.fail(name, value, "a path (string)")
+        result = Path(os.path.expandvars(value.strip())).expanduser()
+        if not result.is_absolute() and isinstance(section.source, Path):
+            result = section.source.parent / result
+        result = Path(os.path.normpath(result))
+    elif kind is datetime:
+        result = parse_utc(value)
+        bad = result is None
+    else:  # pragma: no cover - a field type the validator does not know is a bug here
+        raise TypeError(f"config field {name}: no validation for type {hint!r}")
+    if bad:
+        section.fail(name, value, expected)
+    return result
+
+
+def build(cls, section, defaults=None, given=None):
+    """Validate ``section`` against dataclass ``cls``; return the instance.
+
+    Every field is read from the key of the same name (or ``metadata["key"]``, dotted for
+    a nested mapping, and its aliases); a value that means "not set" (`is_unset`) is the
+    same as a missing key: the field's default, or an error for a required field.
+    ``defaults`` overrides fields' defaults (and makes them optional); ``given`` holds
+    fields the caller has already (not read from the file). Unknown keys are
+    left in ``section`` for `Section.unknown`; a field with ``metadata["extra"]`` gets them.
+    """
+    defaults = defaults or {}
+    values, extra_field = dict(given or {}), None
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("extra"):
+            extra_field = f.name
+        if meta.get("in_file") is False or meta.get("extra") or f.name in values:
+            continue
+        hint = _hints(cls)[f.name]
+        *parents, name = (meta.get("key") or f.name).split(".")
+        sub = section
+        for parent in parents:
+            sub = sub.section(parent)
+        name = next((k for k in (name, *meta.get("aliases", ())) if k in sub.data), name)
+        value = sub.raw(name)
+        if value is MISSING or is_unset(value):
+            if f.name in defaults:
+                values[f.name] = defaults[f.name]
+            elif f.default is not dataclasses.MISSING:
+                values[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                values[f.name] = f.default_factory()
+            elif dataclasses.is_dataclass(_split_optional(hint)[0]) and value is MISSING:
+                sub.fail(name, MISSING, "a mapping of keys")
+            else:
+                sub.fail(name, value, _expected(hint, meta))
+            continue
+        values[f.name] = _coerce(sub, name, value, hint, meta)
+    instance = cls(**values)
+    if extra_field:
+        setattr(instance, extra_field,
+                {k: v for k, v in section.data.items() if k not in section.seen})
+    return instance
+
+
+def read_yaml(path):
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration file ({exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, "
+                          f"found {type(data).__name__}")
+    return path.resolve(), data
+
+
