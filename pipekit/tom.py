@@ -19,7 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from .errors import ConfigError, TOMError
-from .http import RetryableError, backoff_wait, call_with_retries, redact, retry_after_seconds
+from .http import (RetryableError, backoff_wait, call_with_retries, redact, retry_after_seconds,
+                   server_message)
 
 __all__ = ["TOMClient", "product_id_for"]
 
@@ -614,17 +615,7 @@ def _is_processing_error(response):
 
 
 def _server_message(response, limit=600):
-    try:
-        payload = response.json()
-    except ValueError:
-        text = re.sub(r"<[^>]+>", " ", response.text or "")
-        text = re.sub(r"\s+", " ", text).strip()
-        return (text[:limit] + " ...") if len(text) > limit else (text or "(empty body)")
-    if isinstance(payload, dict) and set(payload) == {"detail"}:
-        return str(payload["detail"])
-    text = json.dumps(payload, sort_keys=True)
-    text = re.sub(r"\s+", " ", text)
-    return (text[:limit] + " ...") if len(text) > limit else text
+    return server_message(response, limit)
 
 
 def _mjd(timestamp):

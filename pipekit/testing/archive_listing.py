@@ -15,7 +15,8 @@ from ..archive.records import record_int
 
 __all__ = ["ServedFrame", "DEFAULT_LIMIT", "MAX_LIMIT", "EXACT_COUNT_SPAN",
            "EXACT_COUNT_SPAN_NARROWED", "ORDERING_FIELDS", "LEGACY_ALIASES", "is_visible",
-           "is_small_query", "select_frames", "paginate", "frame_record"]
+           "is_small_query", "select_frames", "paginate", "frame_record", "lookup",
+           "public_date", "new_version"]
 
 # archive/settings.py: PAGINATION_DEFAULT_LIMIT and PAGINATION_MAX_LIMIT (a larger
 # ``limit`` is clamped silently).
@@ -270,3 +271,31 @@ def frame_record(frame, link):
     for name, alias in LEGACY_ALIASES.items():
         record[alias] = fields.get(name)
     return record
+
+
+def lookup(mapping, path, header):
+    """A per-frame setting: ``mapping[file name or basename]``, or ``mapping(path, header)``."""
+    if callable(mapping):
+        return mapping(path, header)
+    if isinstance(mapping, dict):
+        return mapping.get(path.name) or mapping.get(path.name.split(".")[0])
+    return None
+
+
+def public_date(explicit, observation_date, proprietary_days):
+    """A frame's ``public_date`` (ISO, ``Z``): as given, else observed + the proprietary period."""
+    when = lco.parse_utc(explicit)
+    if when is None:
+        observed = lco.parse_utc(observation_date)
+        if observed is None:
+            return None
+        when = observed + dt.timedelta(days=proprietary_days)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_version(version_id, md5, filename, created=None):
+    """One ``version_set`` entry (``Version.as_dict`` without its link); ``created`` default now."""
+    if created is None:
+        created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"id": version_id, "created": created, "key": md5[:16], "md5": md5,
+            "extension": lco.frame_suffix(filename)}

@@ -25,9 +25,9 @@ from .. import lco
 from ..archive.records import frame_fields, md5_file, read_header, record_int
 from ..atomic import write_bytes_atomic
 from .archive_listing import (DEFAULT_LIMIT, EXACT_COUNT_SPAN, EXACT_COUNT_SPAN_NARROWED,
-                              MAX_LIMIT, ServedFrame, frame_record, is_small_query, paginate,
-                              select_frames)
-from .faults import FaultLedger, Faults
+                              MAX_LIMIT, ServedFrame, frame_record, is_small_query, lookup,
+                              new_version, paginate, public_date, select_frames)
+from .faults import FaultLedger, Faults, html_error_page
 
 __all__ = ["ArchiveServer", "Faults"]
 
@@ -234,8 +234,9 @@ class ArchiveServer:
             if key not in md5_by_inode:
                 md5_by_inode[key] = md5_file(path)
             md5 = md5_by_inode[key]
-            fields = frame_fields(path, header, proposal_id=self._named(self.proposals, path, header))
-            fields["public_date"] = self._public_date_for(path, header, fields)
+            fields = frame_fields(path, header, proposal_id=lookup(self.proposals, path, header))
+            fields["public_date"] = public_date(lookup(self.public_dates, path, header),
+                                                fields["observation_date"], self.proprietary_days)
             fields["observation_id"] = record_int(header.get("BLKUID"))
             before = old.get(fields["basename"])
             if before is not None:
@@ -244,13 +245,11 @@ class ArchiveServer:
             else:
                 fields["id"], next_id = next_id, next_id + 1
                 versions = []
-            if not versions or versions[0]["md5"] != md5:
-                created = (fields["observation_date"] if not versions else
-                           dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+            if not versions or versions[0]["md5"] != md5:  # new, or reprocessed
                 self._version_ids += 1
-                versions.insert(0, {"id": self._version_ids, "created": created,
-                                    "key": md5[:16], "md5": md5,
-                                    "extension": lco.frame_suffix(path.name)})
+                versions.insert(0, new_version(self._version_ids, md5, path.name,
+                                               fields["observation_date"] if not versions
+                                               else None))
             frames.append(ServedFrame(path, stat.st_size, md5, fields, versions))
         self._frames = frames
         self._by_name = {f.path.name: f for f in frames}
@@ -280,23 +279,6 @@ class ArchiveServer:
         with self._lock:
             self.refresh()
             return self._by_name[filename].md5
-
-    def _named(self, mapping, path, header):
-        if callable(mapping):
-            return mapping(path, header)
-        if isinstance(mapping, dict):
-            name = path.name
-            return mapping.get(name) or mapping.get(name.split(".")[0])
-        return None
-
-    def _public_date_for(self, path, header, fields):
-        when = lco.parse_utc(self._named(self.public_dates, path, header))
-        if when is None:
-            observed = lco.parse_utc(fields["observation_date"])
-            if observed is None:
-                return None
-            when = observed + dt.timedelta(days=self.proprietary_days)
-        return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     @property
     def frames(self):
@@ -360,7 +342,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return True
         if fault == "http_5xx":
             code = (500, 502, 503, 504)[self.archive.stats["fault_http_5xx"] % 4]
-            self._send_json(code, {"detail": "injected server error"})
+            if faults.html_errors:
+                body = html_error_page(code, self.responses[code][0])
+                self.send_response(code)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self._send_json(code, {"detail": "injected server error"})
             return True
         if fault == "rate_limit":
             retry = faults.retry_after
