@@ -77,6 +77,9 @@ class DownloadConfig:
     end_datetime: datetime | None = None
     default_red_config: Path | None = None
     source: Path | None = None
+    #: Days the first run looks back when start_datetime is none (later runs start
+    #: where the last successful one ended; see pipekit.archive.window).
+    first_run_lookback_days: float = 1.0
 
     @property
     def active_archives(self):
@@ -482,6 +485,7 @@ def load_download_config(path):
         end_datetime=_datetime(top, "end_datetime"),
         default_red_config=top.path("default_red_config"),
         source=source,
+        first_run_lookback_days=top.number("first_run_lookback_days", 1.0, minimum=0.0),
     )
     if (config.start_datetime and config.end_datetime
             and config.start_datetime >= config.end_datetime):

@@ -7,6 +7,7 @@ HTML error page.
 """
 
 import datetime as dt
+import hashlib
 import logging
 import re
 import time
@@ -196,3 +197,61 @@ def test_an_html_error_page_is_summarised_in_one_line_naming_the_status(season, 
         text = str(err.value)
         assert re.search(r"HTTP 50\d: HTML page: 50\d [A-Z][a-z]+", text)
         assert "<" not in text and "\n" not in text
+
+
+def test_a_reprocessed_frame_is_downloaded_again_replacing_the_old_one(tmp_path, token):
+    from pipekit import steps
+    from pipekit.archive import FrameList
+
+    served = tmp_path / "served"
+    served.mkdir()
+    for i in range(3):
+        frame(served / f"f-{i}-e91.fits", f"2024-05-02T0{i}:00:00", value=i)
+    frame(tmp_path / "v2.fits", "2024-05-02T01:00:00", value=99)  # the new version's bytes
+    with ArchiveServer(served, token=TOKEN) as server:
+        config = tmp_path / "data_download.yaml"
+        config.write_text("\n".join([
+            "archives:", "  lco:", f"    url: {server.url}", f"    token_envvar: {ENVVAR}",
+            f"    proposals: [{PROPOSAL}]", "log_dir: logs", "data_download_dir: downloads",
+            "data_reduction_dir: reduction", "start_datetime: '2024-05-01 00:00'",
+            "end_datetime: '2024-05-03 00:00'"]) + "\n")
+        first = steps.download(str(config))
+        assert first["n_downloaded"] == 3 and first["reprocessed"] == []
+        # Sorting moves frames away: the frame list is what remembers them.
+        (tmp_path / "downloads" / "f-1-e91.fits").unlink()
+        old_id = server.frames[1]["id"]
+        new_md5 = server.add_version("f-1-e91.fits", (tmp_path / "v2.fits").read_bytes())
+        assert server.frames[1]["id"] == old_id
+
+        second = steps.download(str(config))
+        assert second["status"] == "success"
+        assert (second["n_downloaded"], second["n_skipped"]) == (1, 2)
+        assert second["reprocessed"] == ["f-1-e91.fits"] and second["n_reprocessed"] == 1
+        landed = tmp_path / "downloads" / "f-1-e91.fits"
+        assert hashlib.md5(landed.read_bytes()).hexdigest() == new_md5
+        listed = FrameList(tmp_path / "logs" / "frame_list.txt")
+        assert [e.md5 for e in listed if e.filename == "f-1-e91.fits"] == [new_md5]
+
+        third = steps.download(str(config))
+        assert (third["n_downloaded"], third["reprocessed"]) == (0, [])
+    assert server.served["f-1-e91.fits"] == 2 and server.served["f-0-e91.fits"] == 1
+
+
+def test_a_reprocessed_frame_still_in_the_download_folder_is_replaced_in_place(tmp_path, token):
+    from pipekit.archive import download_frames
+
+    served = tmp_path / "served"
+    served.mkdir()
+    frame(served / "f-0-e91.fits", "2024-05-02T00:00:00", value=1)
+    frame(tmp_path / "v2.fits", "2024-05-02T00:00:00", value=2)
+    with ArchiveServer(served, token=TOKEN) as server:
+        archive = LCOArchive(server.url, token_envvar=ENVVAR, retries=0)
+        out = tmp_path / "downloads"
+        download_frames(archive, archive.query(PROPOSAL, "2024-05-01", "2024-05-03"), out,
+                        progress=False)  # no frame list: the file on disk is compared
+        new_md5 = server.add_version("f-0-e91.fits", (tmp_path / "v2.fits").read_bytes())
+        result = download_frames(archive, archive.query(PROPOSAL, "2024-05-01", "2024-05-03"),
+                                 out, progress=False)
+        assert result.reprocessed == ["f-0-e91.fits"] and result.n_failed == 0
+        assert hashlib.md5((out / "f-0-e91.fits").read_bytes()).hexdigest() == new_md5
+        assert sorted(p.name for p in out.iterdir()) == ["f-0-e91.fits"]  # no temporaries
