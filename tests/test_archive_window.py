@@ -20,7 +20,8 @@ NIGHT_END = [dt.datetime(2024, 5, d, 8, 0, tzinfo=UTC) for d in (2, 3, 4, 5)]
 
 def frame(path, when, value):
     header = fits.Header()
-    for key, val in (("OBJECT", "OGLE-2024-BLG-0034"), ("DATE-OBS", when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]),
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]
+    for key, val in (("OBJECT", "OGLE-2024-BLG-0034"), ("DATE-OBS", stamp),
                      ("PROPID", PROPOSAL), ("RLEVEL", 91), ("FILTER", "ip"),
                      ("INSTRUME", "fa15"), ("SITEID", "cpt"), ("TELID", "1m0a"),
                      ("EXPTIME", 60.0), ("OBSTYPE", "EXPOSE")):

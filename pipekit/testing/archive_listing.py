@@ -294,7 +294,7 @@ def public_date(explicit, observation_date, proprietary_days):
 
 
 def new_version(version_id, md5, filename, created=None):
-    """One ``version_set`` entry (``Version.as_dict`` without its link); ``created`` default now."""
+    """One ``version_set`` entry (``Version.as_dict`` without its link), created now by default."""
     if created is None:
         created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {"id": version_id, "created": created, "key": md5[:16], "md5": md5,
