@@ -265,8 +265,8 @@ class LCOArchive:
             The proposal (``PROPID``).
         start, end : str or datetime, optional
             Observation-date window, UTC (naive datetimes are taken as UTC); both
-            inclusive. Without both, the query is one window and must be counted
-            exactly by the archive.
+            inclusive; no ``end`` means now. Without ``start``, the query is one
+            window and must be counted exactly by the archive.
         reduction_level : int, optional
             91 for reduced frames, 0 for raw ones; None for both.
         limit : int
@@ -290,6 +290,8 @@ class LCOArchive:
             fewer frames than it counted: never a silently truncated listing.
         """
         t0, t1 = _parse_time(start, "start"), _parse_time(end, "end")
+        if t0 is not None and t1 is None:  # an open end is now: a window that can be cut
+            t1 = dt.datetime.now(dt.timezone.utc)
         base = {"proposal_id": proposal_id, "reduction_level": reduction_level,
                 "include_related_frames": "false", "ordering": "id"}
         base.update(filters)
