@@ -181,7 +181,7 @@ def main():
         proc, url = start_server(served, free_port(), page_size=100)
         procs.append(proc)
         archive = LCOArchive(url, token_envvar=TOKEN_ENVVAR)
-        records = archive.query("BENCH2024A-001", reduction_level=91)
+        records = archive.query("BENCH2024A-001", "2024-05-02", "2024-05-03", reduction_level=91)
         assert len(records) == args.frames, len(records)
         urls = [(r.url, r.filename) for r in records]
         runs = {
@@ -204,7 +204,8 @@ def main():
                                           bandwidth_mb=args.link_mb)
             procs.append(proc)
             link_archive = LCOArchive(link_url, token_envvar=TOKEN_ENVVAR)
-            link_records = link_archive.query("BENCH2024A-001", reduction_level=91)
+            link_records = link_archive.query("BENCH2024A-001", "2024-05-02", "2024-05-03",
+                                              reduction_level=91)
             link_urls = [(r.url, r.filename) for r in link_records]
             runs = {
                 "plain loop, 4 threads": lambda o: plain_loop(link_urls, o, 4),

@@ -77,6 +77,9 @@ class DownloadConfig:
     end_datetime: datetime | None = None
     default_red_config: Path | None = None
     source: Path | None = field(default=None, metadata=NOT_IN_FILE)
+    #: Days the first run looks back when start_datetime is none (later runs start
+    #: where the last successful one ended; see pipekit.archive.window).
+    first_run_lookback_days: float = field(default=1.0, metadata=yaml_key(minimum=0.0))
 
     @property
     def active_archives(self):

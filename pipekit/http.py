@@ -7,6 +7,7 @@ its own policy (what to retry, how long to wait) and its own wording.
 
 import datetime as dt
 import email.utils
+import json
 import re
 import time
 import urllib.parse
@@ -22,6 +23,7 @@ __all__ = [
     "redact",
     "redact_url",
     "describe_error",
+    "server_message",
 ]
 
 #: Transport failures worth another attempt: the request may not have arrived.
@@ -242,3 +244,67 @@ def describe_error(exc):
     'ValueError: bad link https://h/f?...'
     """
     return f"{type(exc).__name__}: {_QUERY_RE.sub('?...', str(exc))}"[:300]
+
+
+_TITLE_RE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
+_H1_RE = re.compile(r"<h1[^>]*>(.*?)</h1>", re.I | re.S)
+_TAG_RE = re.compile(r"<[^>]+>")
+_SCRIPT_RE = re.compile(r"<(script|style)[^>]*>.*?</\1>", re.I | re.S)
+
+
+def _one_line(text):
+    return re.sub(r"\s+", " ", _TAG_RE.sub(" ", text)).strip()
+
+
+def server_message(response, limit=300):
+    """What a server said in an error answer, on one line.
+
+    A JSON body gives its ``detail`` (or the whole object, compact); an HTML page
+    (a proxy's or load balancer's error page) gives its title and first heading
+    rather than its markup; other text comes with its whitespace collapsed.
+
+    Parameters
+    ----------
+    response : requests.Response
+    limit : int
+        Longest message; a longer one is cut and ends with `` ...``.
+
+    Returns
+    -------
+    str
+        One line, ``(empty body)`` when there was nothing.
+
+    Examples
+    --------
+    >>> resp = requests.Response()
+    >>> resp.status_code, resp._content = 502, b"<html><head><title>502 Bad Gateway</title>"
+    >>> resp.headers["Content-Type"] = "text/html"
+    >>> server_message(resp)
+    'HTML page: 502 Bad Gateway'
+    """
+    try:
+        payload = response.json()
+    except ValueError:
+        text = response.text or ""
+        kind = response.headers.get("Content-Type", "")
+        if "html" in kind.lower() or re.search(r"<(!doctype|html|body|head)", text[:1000], re.I):
+            parts = []
+            for pattern in (_TITLE_RE, _H1_RE):
+                match = pattern.search(text)
+                found = _one_line(match.group(1)) if match else ""
+                if found and found not in parts:
+                    parts.append(found)
+            if not parts:
+                parts = [_one_line(_SCRIPT_RE.sub(" ", text))]
+            text = "HTML page: " + " - ".join(p for p in parts if p) if any(parts) else ""
+        else:
+            text = _one_line(text)
+    else:
+        if isinstance(payload, dict) and set(payload) == {"detail"}:
+            text = str(payload["detail"])
+        else:
+            text = json.dumps(payload, sort_keys=True)
+        text = re.sub(r"\s+", " ", text).strip()
+    if not text:
+        return "(empty body)"
+    return (text[:limit] + " ...") if len(text) > limit else text

@@ -13,7 +13,8 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from .archive import FrameList, LocalArchive, archive_from_config, download_frames
+from .archive import (FrameList, LocalArchive, QueryState, archive_from_config, download_frames,
+                      proposal_window, query_state_path, record_successes)
 from .config import CONFIG_NAME, load_download_config, load_reduction_config, load_tom_config
 from .datasets import configure_dataset, list_datasets, sort_frames
 from .errors import ArchiveError, ConfigError, PipekitError
@@ -143,7 +144,10 @@ def download(config_path, max_workers=4, progress=False, now=None):
     """Download the new frames of every active archive and proposal.
 
     Reads ``data_download.yaml``: every active archive, every proposal in
-    it, over ``start_datetime``..``end_datetime`` (or the 24 h before now).
+    it, over ``start_datetime``..``end_datetime``; with ``start_datetime: none``
+    from the end of that proposal's last fully successful query minus an hour
+    (``first_run_lookback_days`` before the end on the first run), kept in
+    ``<frame_list>.state.json`` (`pipekit.archive.window`).
     Records are collected across proposals, then fetched concurrently into
     ``data_download_dir``; frames already in ``frame_list`` or already in
     the folder (with or without ``.fz``) are skipped.
@@ -167,16 +171,18 @@ def download(config_path, max_workers=4, progress=False, now=None):
         ``n_skipped``, ``n_failed``, ``failures`` (up to
         ``MAX_LISTED_FAILURES`` ``[name, reason]`` pairs), ``n_refused`` and
         ``refused`` (records refused for good, e.g. a file name that would
-        leave the folder: logged, but no reason to fail), ``download_dir``,
+        leave the folder: logged, but no reason to fail), ``reprocessed`` (frames
+        fetched again for a new version: same name, new md5), ``download_dir``,
         ``frame_list``, ``start``, ``end``, ``n_bytes``, ``seconds``.
     """
     config = load_download_config(config_path)
-    start, end = config.window(now)
+    state = QueryState(query_state_path(config.frame_list))
+    windows = [config.window(now)]
     folder = config.data_download_dir
     frame_list = FrameList(config.frame_list)
     totals = {"n_found": 0, "n_downloaded": 0, "n_skipped": 0, "n_failed": 0,
               "n_bytes": 0, "seconds": 0.0}
-    failures, refused = [], []
+    failures, refused, reprocessed = [], [], []
     for archive_config in config.archives.values():
         if not archive_config.active:
             log.info("archive %s is not active: skipped", archive_config.name)
@@ -189,17 +195,24 @@ def download(config_path, max_workers=4, progress=False, now=None):
                             archive_config.name)
                 continue
             proposals = [None]
-        records = []
+        records, queried = [], {}
         for proposal in proposals:
+            start, end = proposal_window(config, state, archive_config.name, proposal, now)
+            windows.append((start, end))
             try:
-                records.extend(archive.query(proposal, start, end,
-                                             reduction_level=archive_config.reduction_level_image))
+                found = archive.query(proposal, start, end,
+                                      reduction_level=archive_config.reduction_level_image)
             except ArchiveError as exc:  # one proposal failing stops no other
                 log.error("archive %s, proposal %s: %s", archive_config.name, proposal, exc)
                 failures.append([f"{archive_config.name}:{proposal}", str(exc)])
                 totals["n_failed"] += 1
+                continue
+            records.extend(found)
+            queried[proposal] = (end, found)
         result = download_frames(archive, records, folder, frame_list,
                                  max_workers=max_workers, progress=progress)
+        record_successes(state, archive_config.name, queried, result)
+        reprocessed.extend(result.reprocessed)
         for key in ("n_found", "n_downloaded", "n_skipped", "n_bytes", "seconds"):
             totals[key] += getattr(result, key)
         for_good = set(result.refused)
@@ -210,8 +223,10 @@ def download(config_path, max_workers=4, progress=False, now=None):
     # Refused records (unsafe file names) fail every retry alike: they are reported,
     # not allowed to hold back sorting the frames that did arrive.
     status = "error" if failures else "success"
+    start, end = min(w[0] for w in windows[1:] or windows), max(w[1] for w in windows)
     return {"status": status, **totals, "failures": failures[:MAX_LISTED_FAILURES],
             "n_refused": len(refused), "refused": refused[:MAX_LISTED_FAILURES],
+            "n_reprocessed": len(reprocessed), "reprocessed": reprocessed[:MAX_LISTED_FAILURES],
             "download_dir": str(folder), "frame_list": str(config.frame_list),
             "start": start.isoformat(), "end": end.isoformat()}
 

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from .errors import ConfigError, TOMError
-from .http import RetryableError, backoff_wait, call_with_retries, redact, retry_after_seconds
+from .http import (RetryableError, backoff_wait, call_with_retries, redact, retry_after_seconds,
+                   server_message)
 from .lco import mjd_utc
 # Re-exported: product ids and the uploaded CSV are public here since the first release.
 from .tom_products import (LABEL_KEY, REDUCTION_VERSION_COLUMN, has_label, product_id_for,
@@ -526,17 +527,7 @@ def _is_processing_error(response):
 
 
 def _server_message(response, limit=600):
-    try:
-        payload = response.json()
-    except ValueError:
-        text = re.sub(r"<[^>]+>", " ", response.text or "")
-        text = re.sub(r"\s+", " ", text).strip()
-        return (text[:limit] + " ...") if len(text) > limit else (text or "(empty body)")
-    if isinstance(payload, dict) and set(payload) == {"detail"}:
-        return str(payload["detail"])
-    text = json.dumps(payload, sort_keys=True)
-    text = re.sub(r"\s+", " ", text)
-    return (text[:limit] + " ...") if len(text) > limit else text
+    return server_message(response, limit)
 
 
 def _mjd(timestamp):

@@ -8,8 +8,10 @@ in a :class:`FrameList`.
 Modules: :mod:`~pipekit.archive.records` (records, header fields, md5, safe names),
 :mod:`~pipekit.archive.lco_archive` (:class:`LCOArchive`),
 :mod:`~pipekit.archive.local` (:class:`LocalArchive`),
-:mod:`~pipekit.archive.from_config` (:func:`archive_from_config`) and
-:mod:`~pipekit.archive.downloads` (:func:`download_frames`, :class:`FrameList`).
+:mod:`~pipekit.archive.from_config` (:func:`archive_from_config`),
+:mod:`~pipekit.archive.downloads` (:func:`download_frames`, :class:`FrameList`),
+:mod:`~pipekit.archive.paging` (windows the archive counts exactly) and
+:mod:`~pipekit.archive.window` (each run's window, from where the last one ended).
 """
 
 from .downloads import DownloadResult, FrameList, FrameListEntry, download_frames
@@ -18,6 +20,8 @@ from .lco_archive import DEFAULT_URL, LCOArchive
 from .local import LocalArchive
 from .records import (ArchiveRecord, frame_fields, md5_file, read_header, record_int,
                       safe_destination)
+from .window import (QueryState, proposal_window, query_state_path, query_window,
+                     record_successes)
 
 __all__ = [
     "ArchiveRecord",
@@ -34,4 +38,9 @@ __all__ = [
     "read_header",
     "frame_fields",
     "record_int",
+    "QueryState",
+    "query_state_path",
+    "query_window",
+    "proposal_window",
+    "record_successes",
 ]

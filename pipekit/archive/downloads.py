@@ -131,6 +131,18 @@ class FrameList:
         return (name in self._entries or other in self._entries
                 or (record.id is not None and str(record.id) in self._ids))
 
+    def entry_for(self, record):
+        """The listed entry of ``record`` under its own file name (by name, then id), or None.
+
+        Used to compare md5s: an entry under another name (the frame listed
+        uncompressed, without ``.fz``) has another md5 and is not returned.
+        """
+        entry = self._entries.get(record.filename)
+        if entry is None and record.id is not None and str(record.id) in self._ids:
+            entry = next((e for e in self._entries.values()
+                          if e.id == str(record.id) and e.filename == record.filename), None)
+        return entry
+
     def add(self, filename, id=None, md5=None, time=None):
         """Append one frame (durably: one write, then fsync).
 
@@ -191,7 +203,11 @@ class DownloadResult:
     n_downloaded, n_skipped, n_failed : int
         Fetched now; already listed or present; failed after retries.
     downloaded : list of str
-        File names fetched now.
+        File names fetched now (reprocessed ones included).
+    reprocessed : list of str
+        File names fetched again because the archive's newest version has
+        another md5 than the one recorded: a new version of the frame has
+        replaced the old one in the download folder, under the same name.
     failures : list of (str, str)
         File name and reason for each failure.
     refused : list of (str, str)
@@ -208,6 +224,7 @@ class DownloadResult:
     n_skipped: int = 0
     n_failed: int = 0
     downloaded: list = dataclasses.field(default_factory=list)
+    reprocessed: list = dataclasses.field(default_factory=list)
     failures: list = dataclasses.field(default_factory=list)
     refused: list = dataclasses.field(default_factory=list)
     n_bytes: int = 0
@@ -241,6 +258,23 @@ def _present(folder, filename):
         if path.is_file():
             return path
     return None
+
+
+def _known_md5(record, folder, frame_list):
+    """How a frame is already known: (how, comparable md5, path, md5 of the file) or None.
+
+    ``how`` is "listed" (in the frame list) or "present" (in the folder, unlisted). The
+    comparable md5 is None when it cannot be set against the archive's: an entry of the
+    older names-only list, or the frame kept under another name (uncompressed).
+    """
+    if frame_list is not None and frame_list.has(record):
+        entry = frame_list.entry_for(record)
+        return "listed", entry.md5 if entry is not None else None, None, None
+    present = _present(folder, record.filename)
+    if present is None:
+        return None
+    md5 = md5_file(present)
+    return "present", md5 if present.name == record.filename else None, present, md5
 
 
 def _remove_stale_temps(folder):
@@ -300,7 +334,7 @@ def download_frames(archive, records, folder, frame_list=None, max_workers=4, pr
     _remove_stale_temps(folder)
 
     result = DownloadResult()
-    todo, names = [], set()
+    todo, names, reprocessed = [], set(), set()
     for record in records:
         if record.filename in names:
             continue
@@ -314,15 +348,17 @@ def download_frames(archive, records, folder, frame_list=None, max_workers=4, pr
             result.refused.append((str(record.filename), str(exc)))
             continue
         if not overwrite:
-            if frame_list is not None and frame_list.has(record):
+            known = _known_md5(record, folder, frame_list)
+            if known is not None and record.md5 and known[1] and known[1] != record.md5:
+                # Reprocessed: same id and name, a new md5 in version_set. Fetch it again.
+                log.info("frame %s was reprocessed (md5 %s, was %s): downloading it again",
+                         record.filename, record.md5, known[1])
+                reprocessed.add(record.filename)
+            elif known is not None:
                 result.n_skipped += 1
-                continue
-            present = _present(folder, record.filename)
-            if present is not None:
-                # Landed but not listed (killed between rename and append): list it now.
-                result.n_skipped += 1
-                if frame_list is not None:
-                    frame_list.add(present.name, id=record.id, md5=md5_file(present))
+                if known[0] == "present" and frame_list is not None:
+                    # Landed but not listed (killed between rename and append): list it now.
+                    frame_list.add(known[2].name, id=record.id, md5=known[3])
                 continue
         todo.append(record)
 
@@ -340,7 +376,9 @@ def download_frames(archive, records, folder, frame_list=None, max_workers=4, pr
                                                      thread_name_prefix="pipekit-download")
         futures = {}
         try:
-            futures = {pool.submit(fetch, rec, folder, overwrite=overwrite): rec for rec in todo}
+            futures = {pool.submit(fetch, rec, folder,
+                                   overwrite=overwrite or rec.filename in reprocessed): rec
+                       for rec in todo}
             for future in concurrent.futures.as_completed(futures):
                 record = futures.pop(future)
                 try:
@@ -358,6 +396,8 @@ def download_frames(archive, records, folder, frame_list=None, max_workers=4, pr
                     if frame_list is not None:
                         frame_list.add(path.name, id=record.id, md5=md5)
                     result.downloaded.append(path.name)
+                    if record.filename in reprocessed:
+                        result.reprocessed.append(path.name)
                     try:
                         result.n_bytes += path.stat().st_size
                     except OSError:

@@ -5,6 +5,7 @@
 request and never kept.
 """
 
+import datetime as dt
 import logging
 import os
 import threading
@@ -17,7 +18,8 @@ from .. import lco
 from ..atomic import AtomicFile
 from ..errors import ArchiveAuthError, ArchiveError
 from ..http import (RetryableError, backoff_wait, call_with_retries, describe_error, redact,
-                    redact_url, retry_after_seconds)
+                    redact_url, retry_after_seconds, server_message)
+from .paging import MAX_LIMIT, MIN_SPLIT_SPAN, exact_span, split_window
 from .records import CHUNK_SIZE, ArchiveRecord, safe_destination
 
 __all__ = ["LCOArchive", "DEFAULT_URL"]
@@ -28,11 +30,20 @@ log = logging.getLogger("pipekit.archive")
 DEFAULT_URL = "https://archive-api.lco.global/"
 
 
-def _time_param(value, what):
+def _parse_time(value, what):
     when = lco.parse_utc(value)
     if value is not None and when is None:
         raise ArchiveError(f"{what} {value!r} is not a date/time; expected ISO 'YYYY-MM-DD HH:MM'")
-    return None if when is None else when.strftime("%Y-%m-%dT%H:%M:%S")
+    return when
+
+
+def _time_param(when):
+    # Fractional seconds kept: the archive's DateTimeFilter reads them, and a window
+    # resumed from a stored end must not lose the instant it ended at.
+    return None if when is None else when.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+#: Times a window is listed again when its frames changed while it was paged.
+WINDOW_ATTEMPTS = 3
 
 
 _RETRYABLE = (requests.ConnectionError, requests.Timeout,
@@ -41,14 +52,7 @@ _RETRYABLE = (requests.ConnectionError, requests.Timeout,
 
 
 def _server_detail(resp):
-    try:
-        data = resp.json()
-    except ValueError:
-        text = (resp.text or "").strip()
-        return text[:200] or resp.reason or ""
-    if isinstance(data, dict) and "detail" in data:
-        return str(data["detail"])[:200]
-    return str(data)[:200]
+    return server_message(resp, limit=200)
 
 
 def _same_origin(url_a, url_b):
@@ -109,6 +113,7 @@ class LCOArchive:
         self.name = name or urllib.parse.urlsplit(self.url).netloc
         self._session = session
         self._local = threading.local()
+        self._warned_anonymous = False
 
     def __repr__(self):
         return (f"LCOArchive(url={self.url!r}, token_envvar={self.token_envvar!r}, "
@@ -200,6 +205,19 @@ class LCOArchive:
         raise ArchiveError(self._redact(
             f"{what} failed after {self.retries + 1} attempts: {self._reason(failure)}"))
 
+    def _rate_limited(self, resp, what):
+        """The failure for an HTTP 429: retried, or final when the wait is too long."""
+        wait = retry_after_seconds(resp.headers.get("Retry-After"))
+        if wait is not None and wait > self.max_retry_after:
+            # Sleeping that long would hold the pipeline for nothing: say when to come back.
+            when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=wait)
+            return ArchiveError(
+                f"{what}: the archive is rate limiting this client (HTTP 429) and asks it to "
+                f"wait {wait:.0f} s (Retry-After), longer than this client waits "
+                f"(max_retry_after = {self.max_retry_after:g} s); try again after "
+                f"{when:%Y-%m-%d %H:%M:%S} UTC")
+        return RetryableError(f"HTTP 429 rate limited (Retry-After {wait} s)", wait=wait)
+
     def _check_api_status(self, resp, what):
         code = resp.status_code
         if code < 400:
@@ -216,38 +234,50 @@ class LCOArchive:
             raise ArchiveAuthError(f"{what}: the archive refused the credentials "
                                    f"(HTTP {code}: {detail}); {hint}")
         if code == 429:
-            wait = retry_after_seconds(resp.headers.get("Retry-After"))
-            raise RetryableError(f"HTTP 429 rate limited (Retry-After {wait} s)", wait=wait)
+            raise self._rate_limited(resp, what)
         if code >= 500:
             raise RetryableError(f"HTTP {code}: {detail}")
         raise ArchiveError(f"{what}: HTTP {code}: {detail}")
 
     # -- query ------------------------------------------------------------
 
-    def query(self, proposal_id=None, start=None, end=None, reduction_level=91, limit=100,
-              **filters):
-        """Every frame of a proposal observed in ``[start, end]``.
+    def query(self, proposal_id=None, start=None, end=None, reduction_level=91,
+              limit=MAX_LIMIT, **filters):
+        """Every frame of a proposal observed in ``[start, end]``, every one once.
 
-        Follows ``next`` links to the last page (``count`` may be an
-        estimate, so it is not trusted); a frame seen twice (results shifting
-        between pages) is kept once.
+        The archive counts a query exactly only over a short window (7 days, 9
+        weeks with a proposal; see :mod:`pipekit.archive.paging`); past it the
+        count is an estimate that cuts its ``next`` links and results short. So the
+        window is cut into sub-windows the archive counts exactly, each paged by
+        offset until an empty or short page and until it holds ``count`` frames.
+        A sub-window still answered with ``count_estimated`` is halved, down to a
+        day; a frame listed in two sub-windows (their boundaries are inclusive) is
+        kept once. ``next`` links are not followed: they end early on an estimate.
+
+        With a token, a proposal that yields no frames, or only public ones, is
+        named in a warning (the archive answers 200 with public frames for a
+        proposal the token does not belong to); with no token, a warning says once
+        that only public frames are visible.
 
         Parameters
         ----------
         proposal_id : str, optional
             The proposal (``PROPID``).
         start, end : str or datetime, optional
-            Observation-date window, UTC (naive datetimes are taken as UTC).
+            Observation-date window, UTC (naive datetimes are taken as UTC); both
+            inclusive; no ``end`` means now. Without ``start``, the query is one
+            window and must be counted exactly by the archive.
         reduction_level : int, optional
             91 for reduced frames, 0 for raw ones; None for both.
         limit : int
-            Results per page.
+            Results per page asked for (the archive clamps it to 1000).
         **filters
             Further ``/frames/`` filters (``site_id``, ``configuration_type`` ...).
 
         Returns
         -------
         list of ArchiveRecord
+            In time order of the sub-windows.
 
         Raises
         ------
@@ -255,60 +285,129 @@ class LCOArchive:
             The archive refused the token (HTTP 401/403) or the token
             variable is not set.
         ArchiveError
-            The archive kept failing after all retries, or answered nonsense.
+            The archive kept failing after all retries, answered nonsense, gave only
+            an estimated count for a window that cannot be cut shorter, or listed
+            fewer frames than it counted: never a silently truncated listing.
         """
-        params = {
-            "proposal_id": proposal_id,
-            "start": _time_param(start, "start"),
-            "end": _time_param(end, "end"),
-            "reduction_level": reduction_level,
-            "include_related_frames": "false",
-            "limit": int(limit),
-            "offset": 0,
-        }
-        params.update(filters)
-        params = {k: v for k, v in params.items() if v is not None}
-        url = urllib.parse.urljoin(self.url, "frames/")
-        records, seen, visited = [], set(), set()
-        pages = 0
-        while url:
-            page_url = url
-            what = (f"archive query {redact_url(page_url)} "
-                    f"(proposal {proposal_id}, page {pages + 1})")
-
-            def attempt(page_url=page_url, page_params=params, what=what):
-                resp = self.session.get(page_url, params=page_params,
-                                        headers=self._auth_headers(page_url),
-                                        timeout=self.timeout)
-                self._check_api_status(resp, what)
-                try:
-                    return resp.json()
-                except ValueError as exc:
-                    raise RetryableError(f"response is not JSON ({exc})") from None
-
-            data = self._retrying(what, attempt)
-            if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-                raise ArchiveError(f"{what}: expected a JSON object with a 'results' list, "
-                                   f"got {str(data)[:200]!r}")
-            pages += 1
-            for item in data["results"]:
-                record = ArchiveRecord.from_api(item)
+        t0, t1 = _parse_time(start, "start"), _parse_time(end, "end")
+        if t0 is not None and t1 is None:  # an open end is now: a window that can be cut
+            t1 = dt.datetime.now(dt.timezone.utc)
+        base = {"proposal_id": proposal_id, "reduction_level": reduction_level,
+                "include_related_frames": "false", "ordering": "id"}
+        base.update(filters)
+        base = {k: v for k, v in base.items() if v is not None}
+        span = exact_span(proposal_id, filters)
+        if t0 is not None and t1 is not None and span is not None and t1 > t0:
+            pending = split_window(t0, t1, span)[::-1]
+        else:
+            pending = [(t0, t1)]
+        records, seen = [], set()
+        stats = {"windows": 0, "pages": 0, "splits": 0}
+        while pending:
+            w0, w1 = pending.pop()
+            listing = self._list_window(base, w0, w1, int(limit), proposal_id, stats)
+            if listing is None:  # the archive only estimated this window's count
+                if w0 is None or w1 is None or w1 - w0 <= MIN_SPLIT_SPAN:
+                    raise ArchiveError(
+                        f"archive {self.name}: proposal {proposal_id}, {_time_param(w0)} to "
+                        f"{_time_param(w1)}: the archive gave only an estimated count "
+                        "(count_estimated), so its listing may be cut short and cannot be "
+                        "vouched for; query a shorter window (or with a proposal) so that "
+                        "it counts exactly")
+                middle = w0 + (w1 - w0) / 2
+                pending += [(middle, w1), (w0, middle)]
+                stats["splits"] += 1
+                continue
+            stats["windows"] += 1
+            for record in listing:
                 key = record.id if record.id is not None else record.filename
                 if key not in seen:
                     seen.add(key)
                     records.append(record)
-            visited.add(page_url if params is None else
-                         page_url + "?" + urllib.parse.urlencode(params))
-            nxt = data.get("next")
-            if nxt:
-                nxt = urllib.parse.urljoin(page_url, nxt)
-                if nxt in visited:
-                    raise ArchiveError(f"{what}: the 'next' link {redact_url(nxt)} repeats a "
-                                       "page already read; the archive's pagination loops")
-            url, params = nxt, None
-        log.info("archive %s: proposal %s, %s to %s, reduction level %s: %d frames in %d pages",
-                 self.name, proposal_id, start, end, reduction_level, len(records), pages)
+        log.info("archive %s: proposal %s, %s to %s, reduction level %s: %d frames "
+                 "(%d windows, %d pages, %d windows halved for an estimated count)",
+                 self.name, proposal_id, start, end, reduction_level, len(records),
+                 stats["windows"], stats["pages"], stats["splits"])
+        self._warn_on_access(proposal_id, records, start, end)
         return records
+
+    def _list_window(self, base, start, end, limit, proposal_id, stats):
+        """Every frame of one window, or None when the archive only estimated its count."""
+        url = urllib.parse.urljoin(self.url, "frames/")
+        params = dict(base, start=_time_param(start), end=_time_param(end))
+        params = {k: v for k, v in params.items() if v is not None}
+        label = f"proposal {proposal_id}, {params.get('start')} to {params.get('end')}"
+        for attempt_number in range(1, WINDOW_ATTEMPTS + 1):
+            got, offset, count = {}, 0, None
+            while True:
+                what = f"archive query {redact_url(url)} ({label}, offset {offset})"
+                data = self._get_page(url, dict(params, limit=limit, offset=offset), what)
+                stats["pages"] += 1
+                if data.get("count_estimated") is True:
+                    return None
+                count = data.get("count")
+                results = data["results"]
+                new = 0
+                for item in results:
+                    record = ArchiveRecord.from_api(item)
+                    key = record.id if record.id is not None else record.filename
+                    if key not in got:
+                        got[key] = record
+                        new += 1
+                if results and not new:
+                    raise ArchiveError(f"{what}: the page repeats only frames already read; "
+                                       "the archive's pagination loops")
+                offset += len(results)
+                if isinstance(count, int) and offset > count + 10 * max(limit, len(results)):
+                    raise ArchiveError(f"{what}: the archive keeps listing frames far past "
+                                       f"the {count} it counts; its pagination does not end")
+                if not results or (len(results) < limit and isinstance(count, int)
+                                   and offset >= count):
+                    break
+            if not isinstance(count, int) or len(got) >= count:
+                return list(got.values())
+            log.warning("archive %s: %s listed %d frames of the %d it counts (frames changed "
+                        "while paging?); listing it again (%d of %d)", self.name, label,
+                        len(got), count, attempt_number, WINDOW_ATTEMPTS)
+        raise ArchiveError(f"archive {self.name}: {label}: listed {len(got)} frames of the "
+                           f"{count} the archive counts, {WINDOW_ATTEMPTS} times; the listing "
+                           "is incomplete, so it is not used")
+
+    def _get_page(self, url, params, what):
+        def attempt():
+            resp = self.session.get(url, params=params, headers=self._auth_headers(url),
+                                    timeout=self.timeout)
+            self._check_api_status(resp, what)
+            try:
+                return resp.json()
+            except ValueError as exc:
+                raise RetryableError(f"response is not JSON ({exc})") from None
+
+        data = self._retrying(what, attempt)
+        if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+            raise ArchiveError(f"{what}: expected a JSON object with a 'results' list, "
+                               f"got {str(data)[:200]!r}")
+        return data
+
+    def _warn_on_access(self, proposal_id, records, start, end):
+        # The archive answers 200, never 401/403, for a proposal the token does not
+        # belong to: it lists that proposal's public frames only (or none).
+        if not self.token_envvar:
+            if not self._warned_anonymous:
+                self._warned_anonymous = True
+                log.warning("archive %s: no token configured (token_envvar): only public "
+                            "frames are visible, proprietary ones are not listed", self.name)
+            return
+        if proposal_id is None:
+            return
+        now = dt.datetime.now(dt.timezone.utc)
+        public = [lco.parse_utc(r.public_date) for r in records]
+        if all(when is not None and when < now for when in public):
+            what = "no frames" if not records else f"only public frames ({len(records)})"
+            log.warning("archive %s: proposal %s gave %s from %s to %s: the token in %s may "
+                        "not belong to proposal %s (the archive then shows its public frames "
+                        "only)", self.name, proposal_id, what, start, end, self.token_envvar,
+                        proposal_id)
 
     # -- download ---------------------------------------------------------
 
@@ -411,8 +510,7 @@ class LCOArchive:
         detail = _server_detail(resp)
         resp.close()
         if code == 429:
-            wait = retry_after_seconds(resp.headers.get("Retry-After"))
-            raise RetryableError(f"HTTP 429 rate limited (Retry-After {wait} s)", wait=wait)
+            raise self._rate_limited(resp, what)
         if code >= 500:
             raise RetryableError(f"HTTP {code}: {detail}")
         if code in (401, 403):

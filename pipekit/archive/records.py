@@ -38,6 +38,7 @@ _ALIASES = {
     "reduction_level": ("RLEVEL",),
     "request_id": ("REQNUM",),
     "basename": ("BASENAME",),
+    "public_date": ("L1PUBDAT",),
 }
 
 
@@ -90,6 +91,7 @@ class ArchiveRecord:
     filter: str = None
     configuration_type: str = None
     request_id: object = None
+    public_date: str = None
 
     @classmethod
     def from_api(cls, data):
@@ -157,6 +159,7 @@ class ArchiveRecord:
             filter=lco.clean_str(get("primary_optical_element")),
             configuration_type=lco.clean_str(get("configuration_type")),
             request_id=get("request_id"),
+            public_date=lco.clean_str(get("public_date")),
         )
 
 

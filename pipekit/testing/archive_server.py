@@ -7,7 +7,7 @@ download links, and faults switched on at will (5xx, 429, slow, truncated, corru
 
 import argparse
 import collections
-import dataclasses
+import datetime as dt
 import hashlib
 import hmac
 import http.server
@@ -23,42 +23,15 @@ from pathlib import Path
 
 from .. import lco
 from ..archive.records import frame_fields, md5_file, read_header, record_int
-from .faults import FaultLedger, Faults
+from ..atomic import write_bytes_atomic
+from .archive_listing import (DEFAULT_LIMIT, EXACT_COUNT_SPAN, EXACT_COUNT_SPAN_NARROWED,
+                              MAX_LIMIT, ServedFrame, frame_record, is_small_query, lookup,
+                              new_version, paginate, public_date, select_frames)
+from .faults import FaultLedger, Faults, html_error_page
 
 __all__ = ["ArchiveServer", "Faults"]
 
 log = logging.getLogger("pipekit.testing.archive_server")
-
-# Lower-case field -> legacy alias, as the real archive still returns them.
-_LEGACY = {
-    "observation_date": "DATE_OBS",
-    "observation_day": "DAY_OBS",
-    "proposal_id": "PROPID",
-    "instrument_id": "INSTRUME",
-    "target_name": "OBJECT",
-    "site_id": "SITEID",
-    "telescope_id": "TELID",
-    "exposure_time": "EXPTIME",
-    "primary_optical_element": "FILTER",
-    "configuration_type": "OBSTYPE",
-    "reduction_level": "RLEVEL",
-    "request_id": "REQNUM",
-    "public_date": "L1PUBDAT",
-}
-
-# Query parameters that filter by exact value (the archive's field names).
-_EXACT_FILTERS = ("proposal_id", "instrument_id", "site_id", "telescope_id",
-                  "primary_optical_element", "configuration_type", "target_name_exact",
-                  "basename_exact", "request_id", "observation_id")
-
-
-@dataclasses.dataclass
-class _Frame:
-    path: Path
-    size: int
-    md5: str
-    fields: dict
-
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
@@ -70,11 +43,17 @@ class ArchiveServer:
     """A threaded HTTP server on 127.0.0.1 serving a folder of frames as the archive does.
 
     ``GET /frames/?proposal_id=&start=&end=&reduction_level=&limit=&offset=``
-    answers ``{count, next, previous, results}`` with the archive's field
-    names, its legacy upper-case aliases and a ``version_set`` carrying the
-    md5; each ``url`` is a signed, expiring link on the same server that
-    needs no auth header (and, like S3, refuses one). ``GET /frames/<id>/``
+    answers ``{count, count_estimated, next, previous, results}`` with the archive's
+    field names, its legacy upper-case aliases and a ``version_set`` (newest first)
+    carrying each version's md5; each ``url`` is a signed, expiring link on the same
+    server that needs no auth header (and, like S3, refuses one). ``GET /frames/<id>/``
     returns one record.
+
+    Like the real archive (see :mod:`pipekit.testing.archive_listing`): ``count`` is
+    exact only for windows of at most 7 days (9 weeks with ``proposal_id``), otherwise
+    an estimate (``count_estimated: true``) that cuts ``next`` and the results short;
+    ``limit`` defaults to 100 and is clamped silently to 1000; a token sees its own
+    proposals' frames and everyone's public ones, with HTTP 200 either way.
 
     Parameters
     ----------
@@ -82,8 +61,8 @@ class ArchiveServer:
         The frames to serve, any of :data:`pipekit.lco.FRAME_SUFFIXES` (read at start; see
         :meth:`refresh`).
     token : str or None
-        Required as ``Authorization: Token <token>`` on the API; None leaves
-        the API open.
+        A token that sees every frame, sent as ``Authorization: Token <token>``.
+        With neither ``token`` nor ``tokens`` the API is open and shows every frame.
     page_size : int
         Default ``limit``.
     host : str
@@ -94,7 +73,7 @@ class ArchiveServer:
         File name (or basename) -> proposal id, or ``f(path, header)``;
         default: each frame's ``PROPID`` header.
     max_limit : int
-        Largest ``limit`` honoured (the archive caps it too).
+        Largest ``limit`` honoured; larger ones are clamped silently.
     lifetime : float, optional
         Stop by itself after this many seconds (a safety net for scripts).
     link_lifetime : float
@@ -102,6 +81,25 @@ class ArchiveServer:
     bandwidth : float, optional
         Bytes per second per download, to stand in for a wide-area link
         (default: as fast as loopback goes).
+    tokens : dict, optional
+        Token -> the proposals it belongs to (it sees those and public frames),
+        or None for a token that sees everything.
+    anonymous : bool, optional
+        Whether a request with no ``Authorization`` header is answered (with
+        public frames only) rather than refused with 401. Default: True when
+        ``tokens`` is given, False otherwise (the single-token behaviour).
+    public_dates : dict or callable, optional
+        File name (or basename) -> public date, or ``f(path, header)``; default:
+        the observation date plus ``proprietary_days``.
+    proprietary_days : float
+        Proprietary period of a frame without an explicit public date.
+    estimate_counts : bool
+        Estimate ``count`` for windows too long to count exactly, as the archive
+        does (False: always exact).
+    estimate_factor : float
+        An estimated count is the true one times this (too low loses frames).
+    exact_count_span, exact_count_span_narrowed : datetime.timedelta
+        Longest window counted exactly, without and with ``proposal_id``.
 
     Examples
     --------
@@ -110,18 +108,29 @@ class ArchiveServer:
     ...     archive = LCOArchive(server.url, token_envvar="ARCHIVE_TOKEN")
     """
 
-    def __init__(self, folder, token="pipekit-test-token", page_size=100, host="127.0.0.1",
-                 port=0, proposals=None, max_limit=1000, lifetime=None, link_lifetime=86400.0,
-                 bandwidth=None):
+    def __init__(self, folder, token="pipekit-test-token", page_size=DEFAULT_LIMIT,
+                 host="127.0.0.1", port=0, proposals=None, max_limit=MAX_LIMIT, lifetime=None,
+                 link_lifetime=86400.0, bandwidth=None, tokens=None, anonymous=None,
+                 public_dates=None, proprietary_days=365.0, estimate_counts=True,
+                 estimate_factor=0.5, exact_count_span=EXACT_COUNT_SPAN,
+                 exact_count_span_narrowed=EXACT_COUNT_SPAN_NARROWED):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"ArchiveServer listens on loopback only, not {host!r}")
         self.folder = Path(folder)
         self.token = token
+        self.tokens = dict(tokens or {})
+        self.anonymous = bool(tokens) if anonymous is None else bool(anonymous)
         self.page_size = int(page_size)
         self.host = host
         self.port = int(port)
         self.proposals = proposals
+        self.public_dates = public_dates
+        self.proprietary_days = float(proprietary_days)
         self.max_limit = int(max_limit)
+        self.estimate_counts = bool(estimate_counts)
+        self.estimate_factor = float(estimate_factor)
+        self.exact_count_span = exact_count_span
+        self.exact_count_span_narrowed = exact_count_span_narrowed
         self.lifetime = lifetime
         self.link_lifetime = float(link_lifetime)
         self.bandwidth = float(bandwidth) if bandwidth else None
@@ -138,6 +147,7 @@ class ArchiveServer:
         self._frames = []
         self._by_name = {}
         self._by_id = {}
+        self._version_ids = 0
         self._httpd = None
         self._thread = None
         self._timer = None
@@ -203,8 +213,15 @@ class ArchiveServer:
     # -- frames -----------------------------------------------------------
 
     def refresh(self):
-        """Re-read the folder (new or changed frames)."""
+        """Re-read the folder (new or changed frames).
+
+        A frame keeps its ``id`` across refreshes; a frame whose bytes changed
+        gets a new version (new md5, newest first in ``version_set``), as a
+        reprocessed frame does in the archive.
+        """
         md5_by_inode = {}
+        old = {f.fields["basename"]: f for f in self._frames}
+        next_id = max([f.fields["id"] for f in self._frames] + [0]) + 1
         frames = []
         for path in lco.list_frames(self.folder):
             try:
@@ -216,24 +233,52 @@ class ArchiveServer:
             key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
             if key not in md5_by_inode:
                 md5_by_inode[key] = md5_file(path)
-            fields = frame_fields(path, header, proposal_id=self._proposal_for(path, header))
-            fields["public_date"] = fields["observation_date"]
+            md5 = md5_by_inode[key]
+            fields = frame_fields(path, header, proposal_id=lookup(self.proposals, path, header))
+            fields["public_date"] = public_date(lookup(self.public_dates, path, header),
+                                                fields["observation_date"], self.proprietary_days)
             fields["observation_id"] = record_int(header.get("BLKUID"))
-            frames.append(_Frame(path, stat.st_size, md5_by_inode[key], fields))
-        for number, frame in enumerate(frames, start=1):
-            frame.fields["id"] = number
+            before = old.get(fields["basename"])
+            if before is not None:
+                fields["id"] = before.fields["id"]
+                versions = list(before.versions)
+            else:
+                fields["id"], next_id = next_id, next_id + 1
+                versions = []
+            if not versions or versions[0]["md5"] != md5:  # new, or reprocessed
+                self._version_ids += 1
+                versions.insert(0, new_version(self._version_ids, md5, path.name,
+                                               fields["observation_date"] if not versions
+                                               else None))
+            frames.append(ServedFrame(path, stat.st_size, md5, fields, versions))
         self._frames = frames
         self._by_name = {f.path.name: f for f in frames}
         self._by_id = {f.fields["id"]: f for f in frames}
         return self
 
-    def _proposal_for(self, path, header):
-        if callable(self.proposals):
-            return self.proposals(path, header)
-        if isinstance(self.proposals, dict):
-            name = path.name
-            return self.proposals.get(name) or self.proposals.get(name.split(".")[0])
-        return None
+    def add_version(self, filename, content):
+        """Reprocess a frame: new bytes under the same name, a new version, the same id.
+
+        Parameters
+        ----------
+        filename : str
+            A served frame's file name.
+        content : bytes or str or os.PathLike
+            The new version's bytes, or a file holding them.
+
+        Returns
+        -------
+        str
+            The new version's md5.
+        """
+        frame = self._by_name.get(filename)
+        if frame is None:
+            raise KeyError(f"archive server: no frame {filename!r}")
+        data = content if isinstance(content, bytes) else Path(content).read_bytes()
+        write_bytes_atomic(frame.path, data)
+        with self._lock:
+            self.refresh()
+            return self._by_name[filename].md5
 
     @property
     def frames(self):
@@ -251,33 +296,7 @@ class ArchiveServer:
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def _record(self, frame):
-        fields = frame.fields
-        link = self._signed_link(frame.path.name)
-        extension = lco.frame_suffix(frame.path.name)
-        record = {
-            "id": fields["id"],
-            "basename": fields["basename"],
-            "area": None,
-            "related_frames": [],
-            "version_set": [{
-                "id": fields["id"],
-                "created": fields["observation_date"],
-                "key": frame.md5[:16],
-                "md5": frame.md5,
-                "extension": extension,
-                "url": link,
-            }],
-            "filename": frame.path.name,
-            "url": link,
-        }
-        for name in ("reduction_level", "observation_day", "observation_date", "proposal_id",
-                     "instrument_id", "target_name", "site_id", "telescope_id", "exposure_time",
-                     "primary_optical_element", "public_date", "configuration_type",
-                     "observation_id", "request_id"):
-            record[name] = fields.get(name)
-        for name, alias in _LEGACY.items():
-            record[alias] = fields.get(name)
-        return record
+        return frame_record(frame, self._signed_link(frame.path.name))
 
     def _count(self, key):
         with self._lock:
@@ -323,7 +342,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return True
         if fault == "http_5xx":
             code = (500, 502, 503, 504)[self.archive.stats["fault_http_5xx"] % 4]
-            self._send_json(code, {"detail": "injected server error"})
+            if faults.html_errors:
+                body = html_error_page(code, self.responses[code][0])
+                self.send_response(code)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self._send_json(code, {"detail": "injected server error"})
             return True
         if fault == "rate_limit":
             retry = faults.retry_after
@@ -385,45 +412,58 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             log.debug("client went away: %s", exc)
             self.close_connection = True
 
-    def _authorised(self):
-        token = self.archive.token
-        if token is None:
-            return True
+    def _access(self):
+        """Who is asking: (answered, proposals seen); proposals None means every frame.
+
+        As the archive's DRF TokenAuthentication: no header is an anonymous user
+        (public frames), a header with an unknown token is refused with 401.
+        """
+        server = self.archive
+        known = dict(server.tokens)
+        if server.token is not None:
+            known[server.token] = None
+        if not known:
+            return True, None
         header = self.headers.get("Authorization")
-        scheme, _, value = (header or "").partition(" ")
-        if scheme != "Token" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            self.archive._count("api_unauthorised")
         if not header:
+            if server.anonymous:
+                return True, frozenset()
+            server._count("api_unauthorised")
             self._send_json(401, {"detail": "Authentication credentials were not provided."},
                             {"WWW-Authenticate": "Token"})
-            return False
+            return False, None
         scheme, _, value = header.partition(" ")
-        if scheme != "Token" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            self._send_json(401, {"detail": "Invalid token."}, {"WWW-Authenticate": "Token"})
-            return False
-        return True
+        value = value.strip().encode()
+        for token, proposals in known.items():
+            if scheme == "Token" and hmac.compare_digest(value, token.encode()):
+                return True, None if proposals is None else frozenset(proposals)
+        server._count("api_unauthorised")
+        self._send_json(401, {"detail": "Invalid token."}, {"WWW-Authenticate": "Token"})
+        return False, None
 
     def _api(self, parts):
         server = self.archive
         server._count("api_requests")
-        if not self._authorised():
+        answered, proposals = self._access()
+        if not answered:
             return
         delay, fault = server._take_faults("api", self.path)
         self._pause(delay)
         if fault in ("http_5xx", "rate_limit", "drop"):
             self._send_fault(fault)
             return
+        now = dt.datetime.now(dt.timezone.utc)
         rest = parts.path[len("/frames"):].strip("/")
         if rest:
             frame = server._by_id.get(record_int(rest))
-            if frame is None:
+            if frame is None or not select_frames([frame], {}, {}, proposals, now):
                 self._send_json(404, {"detail": "Not found."})
             else:
                 self._send_json(200, server._record(frame))
             return
         params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=False))
         try:
-            payload = self._page(params)
+            payload = self._page(params, proposals, now)
         except ValueError as exc:
             self._send_json(400, exc.args[0])
             return
@@ -432,7 +472,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self._send_json(200, payload)
 
-    def _page(self, params):
+    def _page(self, params, proposals, now):
         server = self.archive
         bounds = {}
         for key in ("start", "end"):
@@ -440,50 +480,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 bounds[key] = lco.parse_utc(params[key])
                 if bounds[key] is None:
                     raise ValueError({key: ["Enter a valid date/time."]})
-        try:
-            limit = min(int(params.get("limit", server.page_size)), server.max_limit)
-            offset = max(int(params.get("offset", 0)), 0)
-        except ValueError:
-            raise ValueError({"limit": ["A valid integer is required."]}) from None
-        limit = limit if limit > 0 else server.page_size
-        level = params.get("reduction_level", params.get("RLEVEL"))
-        if level not in (None, "") and record_int(level) is None:
-            raise ValueError({"reduction_level": ["Enter a number."]})
+        with server._lock:
+            frames = list(server._frames)
+        selected = select_frames(frames, params, bounds, proposals, now)
+        small = (not server.estimate_counts
+                 or is_small_query(params, bounds, server.exact_count_span,
+                                   server.exact_count_span_narrowed))
 
-        selected = []
-        for frame in server._frames:
-            f = frame.fields
-            when = lco.parse_utc(f["observation_date"])
-            if "start" in bounds and (when is None or when < bounds["start"]):
-                continue
-            if "end" in bounds and (when is None or when > bounds["end"]):
-                continue
-            if level not in (None, "") and f["reduction_level"] != record_int(level):
-                continue
-            if not all(str(f.get(key.replace("_exact", ""))) == params[key]
-                       for key in _EXACT_FILTERS if key in params):
-                continue
-            if "basename" in params and params["basename"] not in f["basename"]:
-                continue
-            if "target_name" in params and params["target_name"].lower() not in str(
-                    f.get("target_name") or "").lower():
-                continue
-            selected.append(frame)
-        # The archive's default ordering: newest observation first.
-        selected.sort(key=lambda fr: (fr.fields["observation_date"] or "", fr.fields["id"]),
-                      reverse=True)
-        page = selected[offset: offset + limit]
-
-        def link(new_offset):
-            query = dict(params, limit=limit, offset=new_offset)
+        def link(limit, offset):
+            query = dict(params, limit=limit, offset=offset)
             return f"{server.url}frames/?{urllib.parse.urlencode(query)}"
 
-        return {
-            "count": max(0, len(selected) + server.faults.count_error),
-            "next": link(offset + limit) if offset + limit < len(selected) else None,
-            "previous": link(max(0, offset - limit)) if offset > 0 else None,
-            "results": [server._record(frame) for frame in page],
-        }
+        meta, page = paginate(selected, params, small, server.estimate_factor,
+                              server.faults.count_error, server.page_size, server.max_limit,
+                              link)
+        if not small:
+            server._count("api_count_estimated")
+        return {**meta, "results": [server._record(frame) for frame in page]}
 
     def _download(self, parts):
         server = self.archive

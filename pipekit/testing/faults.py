@@ -8,7 +8,7 @@ request by request, which one a response gets, so that ``every`` and
 import collections
 import dataclasses
 
-__all__ = ["Faults", "FaultLedger"]
+__all__ = ["Faults", "FaultLedger", "html_error_page"]
 
 
 @dataclasses.dataclass
@@ -46,6 +46,8 @@ class Faults:
         Which requests are eligible.
     count_error : int
         Added to ``count`` on API pages: the archive's count is an estimate.
+    html_errors : bool
+        Serve the ``http_5xx`` answers as an HTML error page (a proxy's), not JSON.
     max_per_request : int, optional
         At most this many faults for one request target (one page, one
         download link), so a client with that many retries must get through.
@@ -65,6 +67,7 @@ class Faults:
     target: str = "all"
     count_error: int = 0
     max_per_request: int = None
+    html_errors: bool = False
 
 
 # One fault replaces a response; checked in this order.
@@ -125,3 +128,10 @@ class FaultLedger:
         if delay:
             self.per_target[target] += 1
         return delay, None
+
+
+def html_error_page(code, reason):
+    """The HTML error page a proxy (nginx) sends in front of an API, as bytes."""
+    return (f"<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"
+            f"<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+            "</body>\r\n</html>\r\n").encode()
