@@ -154,26 +154,8 @@ def write_text_new(path, text, encoding="utf-8"):
     FileExistsError
         When ``path`` exists already (it is left untouched).
     """
-    path = Path(path)
     data = text.encode(encoding)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise
-        except OSError:
-            _create_exclusive(path, data)
-        fsync_dir(path.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return path
+    return _publish_new(path, lambda fh: fh.write(data))
 
 
 def link_or_copy_new(src, dest):
@@ -199,26 +181,40 @@ def link_or_copy_new(src, dest):
     except OSError:
         if dest.exists():
             raise FileExistsError(dest) from None
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + dest.name + ".", dir=dest.parent)
+
+    def copy(out):
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+
+    return _publish_new(dest, copy)
+
+
+def _publish_new(path, fill):
+    """Create ``path`` from what ``fill(file)`` writes, never replacing an existing file.
+
+    Written and fsynced under a temporary name, then hard-linked into place (a link,
+    unlike a rename, refuses to replace). With no hard links at all the name is
+    claimed exclusively and filled: not atomic for readers, but never replaces.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
         os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
+        with os.fdopen(fd, "wb") as fh:
+            fill(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         try:
-            os.link(tmp, dest)
+            os.link(tmp, path)
         except FileExistsError:
             raise
         except OSError:
-            # No hard links here at all: claim the name exclusively, then fill it.
-            # Unlike the rest this is not atomic for readers, but never replaces.
-            _create_exclusive(dest, Path(tmp).read_bytes())
-        fsync_dir(dest.parent)
+            _create_exclusive(path, Path(tmp).read_bytes())
+        fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    return dest
+    return path
 
 
 def _create_exclusive(path, data):
