@@ -91,9 +91,13 @@ def chain_env(**extra):
 
 def start_chain(root, env, log=None):
     """Start ``_chain_runner.py ROOT`` (returns the Popen)."""
-    out = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, str(RUNNER), str(root)], env=env, cwd=str(root),
-                            stdout=out, stderr=subprocess.STDOUT)
+    command = [sys.executable, str(RUNNER), str(root)]
+    if not log:
+        return subprocess.Popen(command, env=env, cwd=str(root), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+    with open(log, "ab") as out:  # the child holds its own copy of the descriptor
+        return subprocess.Popen(command, env=env, cwd=str(root), stdout=out,
+                                stderr=subprocess.STDOUT)
 
 
 def run_chain(root, env, timeout=300, log=None):
