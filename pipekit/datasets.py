@@ -20,8 +20,8 @@ from .config import CONFIG_NAME, write_reduction_config
 from .errors import ConfigError, FrameError
 from .frames import CALIBRATION_OBSTYPES, read_frame_info
 from .locks import is_locked
-from .lco import (LCO_FILENAME_RE, frame_stem, frame_suffix, is_frame_name, list_frames,
-                  slug)
+from .lco import (LCO_FILENAME_RE, format_dec, format_ra, frame_stem, frame_suffix,
+                  list_frames, slug)
 
 __all__ = [
     "SortResult", "safe_name", "dataset_dir", "sort_frames", "configure_dataset",
@@ -41,9 +41,8 @@ LEGACY_FRAME_DIR = "data"
 #: Where sort keeps the previous version of a reprocessed frame (``red_dir/replaced``).
 REPLACED_DIR = "replaced"
 
-# A folder this deep under the reduction folder (<target>/<class>/<filter>) holding frames
-# is a dataset even before it has a config. Shallower folders may hold frames that are not
-# a dataset (the seed's <target>/<class>/star_catalog.fits, a download folder).
+# A folder this deep (<target>/<class>/<filter>) holding frames is a dataset even before it
+# has a config; shallower ones may hold other frames (a download folder, the seed's catalog).
 _DATASET_DEPTH = 3
 
 # The LCO conventions, under the names this module has always exported.
@@ -128,14 +127,11 @@ def is_dataset_locked(red_dir):
 def dataset_frames(red_dir, log_layout=False):
     """A dataset's frames: at the top of ``red_dir``, and in ``red_dir/data/`` (older layout).
 
-    The one listing every reader of a dataset uses (photometry, configure, dataset
-    selection and detection). Frames sit at the top of ``red_dir`` beside
-    ``reduction_config.yaml``, as the existing microlensing pipeline lays datasets out;
-    earlier pipekit versions sorted them into ``red_dir/data/``, which is still read so
-    such datasets reduce as they are (nothing is moved). A frame present in both places
-    (same stem, `pipekit.lco.frame_stem`) counts once, from the top. Only frame files
-    (`pipekit.lco.list_frames`) are listed: configs, light curves and the outputs in
-    subfolders never are.
+    Every reader of a dataset's frames asks here (photometry, configure, selection,
+    `list_datasets`). ``data/`` is where earlier pipekit versions sorted frames: still read,
+    never moved. A frame in both places (same `pipekit.lco.frame_stem`) counts once, from
+    the top. Only frame files (`pipekit.lco.list_frames`) are listed: never the config,
+    light curves, or anything in other subfolders.
 
     Parameters
     ----------
@@ -376,16 +372,14 @@ def _replace_frame(src, existing, red_dir, result):
     keep_dir = red_dir / REPLACED_DIR
     keep_dir.mkdir(exist_ok=True)
     kept = keep_dir / src.name
-    if kept.exists():
-        kept = _free_name(keep_dir, src.name)
+    kept = _free_name(keep_dir, src.name) if kept.exists() else kept
     # Order matters for a crash at any instant: the old bytes are kept first, the stale
     # photometry removed before the new bytes arrive (else a rerun would see identical
     # bytes and never re-measure), and the swap is one rename.
     link_or_copy_new(existing, kept)
     invalidate_frame(red_dir, existing.name)
     staged = existing.parent / f"{TMP_PREFIX}{src.name}.{os.getpid()}"
-    if staged.exists():
-        staged.unlink()
+    staged.unlink(missing_ok=True)
     try:
         link_or_copy_new(src, staged)
     except FileNotFoundError:
@@ -395,10 +389,7 @@ def _replace_frame(src, existing, red_dir, result):
         return
     os.replace(staged, existing)
     fsync_dir(existing.parent)
-    try:
-        os.unlink(src)
-    except FileNotFoundError:
-        pass
+    src.unlink(missing_ok=True)
     result.replaced.append((existing, kept))
     result.sorted.setdefault(red_dir, []).append(existing)
     log.info("%s: reprocessed frame replaced in %s (same name, new bytes); previous version "
@@ -407,17 +398,6 @@ def _replace_frame(src, existing, red_dir, result):
 
 
 # ---- configuring and listing datasets ---------------------------------------------
-
-def _sexagesimal(value, hours):
-    """Degrees -> 'HH:MM:SS.sss' (hours) or '+DD:MM:SS.ss'."""
-    from astropy.coordinates import Angle
-    from astropy import units as u
-
-    if hours:
-        return Angle(value, u.deg).to_string(unit=u.hourangle, sep=":", precision=3, pad=True)
-    return Angle(value, u.deg).to_string(unit=u.deg, sep=":", precision=2, pad=True,
-                                         alwayssign=True)
-
 
 def configure_dataset(red_dir, template=None):
     """Write a new dataset's ``reduction_config.yaml`` from its frames' headers.
@@ -462,8 +442,7 @@ def configure_dataset(red_dir, template=None):
         return None
     try:
         return write_reduction_config(config_path, info.target,
-                                      _sexagesimal(info.cat_ra, hours=True),
-                                      _sexagesimal(info.cat_dec, hours=False),
+                                      format_ra(info.cat_ra), format_dec(info.cat_dec),
                                       template=template)
     except ConfigError as exc:
         if config_path.exists():  # another process wrote it first
@@ -475,12 +454,10 @@ def configure_dataset(red_dir, template=None):
 def list_datasets(reduction_dir):
     """Dataset folders under ``reduction_dir``.
 
-    A dataset folder holds ``reduction_config.yaml`` or a ``data/`` folder (the layout of
-    earlier pipekit versions), at any depth; or, at ``<target>/<class>/<filter>`` depth, frame
-    files at its top (a sorted dataset not configured yet). Frames elsewhere (the seed's
-    ``<target>/<class>/star_catalog.fits``, a download folder inside the reduction folder)
-    make no dataset. ``_set_aside`` and hidden folders are skipped, and a dataset's own
-    subfolders are not searched.
+    A dataset folder holds ``reduction_config.yaml`` or a ``data/`` folder (earlier pipekit
+    versions), at any depth; or, at ``<target>/<class>/<filter>`` depth, frames
+    (`dataset_frames`; the seed's ``<target>/<class>/star_catalog.fits`` makes no dataset).
+    ``_set_aside``, hidden folders and a dataset's own subfolders are not searched.
 
     Parameters
     ----------
@@ -497,7 +474,7 @@ def list_datasets(reduction_dir):
         here = Path(root)
         depth = len(here.relative_to(reduction_dir).parts)
         if depth and (CONFIG_NAME in files or LEGACY_FRAME_DIR in dirs or (
-                depth == _DATASET_DEPTH and any(is_frame_name(f) for f in files))):
+                depth == _DATASET_DEPTH and dataset_frames(here))):
             found.append(here)
             dirs[:] = []  # a dataset's own folders are not datasets
             continue
