@@ -91,9 +91,15 @@ def chain_env(**extra):
 
 def start_chain(root, env, log=None):
     """Start ``_chain_runner.py ROOT`` (returns the Popen)."""
-    out = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, str(RUNNER), str(root)], env=env, cwd=str(root),
-                            stdout=out, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, str(RUNNER), str(root)]
+    if not log:
+        return subprocess.Popen(cmd, env=env, cwd=str(root), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+    # The child has its own copy of the descriptor: the parent's is closed at once, not
+    # left to the garbage collector (a ResourceWarning, an error under -W error).
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, env=env, cwd=str(root), stdout=out,
+                                stderr=subprocess.STDOUT)
 
 
 def run_chain(root, env, timeout=300, log=None):
