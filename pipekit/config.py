@@ -146,7 +146,10 @@ class PhotometryConfig:
     min_comparison_stars : int
         Fewer constant comparison stars than this: the frame is rejected.
     reference_frame : str or None
-        File name of the frame to detect field stars on; None picks one.
+        YAML key ``reference_image`` (the existing pipeline's name; ``reference_frame``
+        is accepted too): file name of the frame of the dataset to detect field stars
+        on, instead of the automatic choice (best seeing). ``x.fits`` also names
+        ``x.fits.fz``. None picks one.
     extra : dict
         Keys pipekit does not know (warned about, kept here).
     """
@@ -160,7 +163,9 @@ class PhotometryConfig:
     centroid_box_arcsec: float = field(default=3.0, metadata=yaml_key(minimum=0))
     edge_margin_arcsec: float = field(default=5.0, metadata=yaml_key(minimum=0))
     min_comparison_stars: int = field(default=3, metadata=yaml_key(minimum=1))
-    reference_frame: str | None = None
+    reference_frame: str | None = field(default=None, metadata=yaml_key(
+        "reference_image", ("reference_frame",), expected="the file name of one of the "
+        "dataset's frames, or none"))
     extra: dict = field(default_factory=dict, metadata={"extra": True})
 
 
@@ -210,6 +215,9 @@ class ManagerConfig:
     instrument_list: list[str] = field(default_factory=list)
     dataset_selection: DatasetSelection = field(default_factory=DatasetSelection)
     max_parallel: int = field(default=4, metadata=yaml_key(minimum=1))
+    #: Accepted for compatibility with the existing pipeline's files, and unused: it named
+    #: that pipeline's installation, whose script each dataset ran in; pipekit runs its own.
+    software_dir: Path | None = None
     source: Path | None = field(default=None, metadata=NOT_IN_FILE)
 
 
@@ -383,6 +391,25 @@ def load_manager_config(path):
     return config
 
 
+def _refuse_seed_tom_config(source, data):
+    """One message saying how to migrate the existing pipeline's tom_config.yaml."""
+    seed_keys = [k for k in ("tom_user_id", "tom_password") if k in data]
+    if not seed_keys:
+        return
+    user = data.get("tom_user_id")
+    user = repr(str(user)) if user is not None else "<your TOM user name>"
+    url = data.get("url") or data.get("tom_url") or "<the TOM's URL>"
+    # The password's value is never repeated: only the key's name.
+    raise ConfigError(
+        f"{source}: key(s) {', '.join(repr(k) for k in seed_keys)} are the existing "
+        "microlensing pipeline's TOM config; pipekit reads the password only from an "
+        "environment variable. To migrate, write this file as\n"
+        f"  url: '{url}'\n  username: {user}\n  password_envvar: 'TOM_PASSWORD'\n"
+        "(i.e. 'tom_user_id' becomes 'username', 'tom_password' is deleted), and before "
+        "running pipekit export the password in that variable: export TOM_PASSWORD='...'. "
+        "Any variable name works; 'password_envvar' names it.")
+
+
 _SECRET_KEYS = {"password": "password_envvar", "token": "token_envvar",
                 "api_key": "token_envvar", "apikey": "token_envvar"}
 
@@ -407,6 +434,7 @@ def load_tom_config(path):
         error (its value is never repeated): secrets belong in environment variables.
     """
     source, data = read_yaml(path)
+    _refuse_seed_tom_config(source, data)
     top = Section(source, data)
     for key, envkey in _SECRET_KEYS.items():
         _refuse_literal_secret(source, top, key, envkey)

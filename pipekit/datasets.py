@@ -1,8 +1,11 @@
 """Sort downloaded frames into datasets, configure new datasets, list datasets.
 
-A dataset is one folder ``<reduction_dir>/<target>/<instrument class>/<filter>/`` holding
-``data/`` (the frames) and ``reduction_config.yaml``. Frames that cannot be placed go to
-``<reduction_dir>/_set_aside/<reason>/``; sorting never loses or overwrites a frame.
+A dataset is one folder ``<reduction_dir>/<target>/<instrument class>/<filter>/`` (``red_dir``)
+laid out as the existing microlensing pipeline lays it out: the frames and
+``reduction_config.yaml`` side by side at the top, outputs in subfolders. Datasets sorted by
+earlier pipekit versions keep their frames in ``red_dir/data/``: `dataset_frames` reads both.
+Frames that cannot be placed go to ``<reduction_dir>/_set_aside/<reason>/``; sorting never
+loses a frame (a reprocessed frame's old version is kept in ``red_dir/replaced/``).
 """
 
 import filecmp
@@ -12,23 +15,35 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from .atomic import link_or_copy_new
+from .atomic import TMP_PREFIX, fsync_dir, link_or_copy_new
 from .config import CONFIG_NAME, write_reduction_config
 from .errors import ConfigError, FrameError
 from .frames import CALIBRATION_OBSTYPES, read_frame_info
 from .locks import is_locked
-from .lco import LCO_FILENAME_RE, frame_stem, frame_suffix, list_frames, slug
+from .lco import (LCO_FILENAME_RE, format_dec, format_ra, frame_stem, frame_suffix,
+                  list_frames, slug)
 
 __all__ = [
     "SortResult", "safe_name", "dataset_dir", "sort_frames", "configure_dataset",
     "list_datasets", "select_datasets", "frame_day", "frame_files", "is_dataset_locked",
-    "SET_ASIDE_DIR", "CONFIG_NAME",
+    "dataset_frames", "SET_ASIDE_DIR", "CONFIG_NAME", "LEGACY_FRAME_DIR", "REPLACED_DIR",
 ]
 
 log = logging.getLogger("pipekit.datasets")
 
 #: Folder (inside the reduction folder) for frames sort could not place.
 SET_ASIDE_DIR = "_set_aside"
+
+#: Where pipekit versions before the seed's layout kept a dataset's frames (``red_dir/data``).
+#: Still read, never written.
+LEGACY_FRAME_DIR = "data"
+
+#: Where sort keeps the previous version of a reprocessed frame (``red_dir/replaced``).
+REPLACED_DIR = "replaced"
+
+# A folder this deep (<target>/<class>/<filter>) holding frames is a dataset even before it
+# has a config; shallower ones may hold other frames (a download folder, the seed's catalog).
+_DATASET_DEPTH = 3
 
 # The LCO conventions, under the names this module has always exported.
 safe_name = slug
@@ -42,7 +57,7 @@ class SortResult:
     Attributes
     ----------
     sorted : dict
-        Dataset folder -> list of frame paths now in its ``data/``.
+        Dataset folder -> list of frame paths now in it (new frames and replaced ones).
     set_aside : list of (Path, str)
         Frames moved to ``_set_aside/<reason>/``: (new path, reason).
     left_for_later : list of Path
@@ -54,6 +69,9 @@ class SortResult:
         download copy was removed.
     failed : list of (Path, str)
         Frames that could not be moved (left where they were): (path, reason).
+    replaced : list of (Path, Path)
+        Reprocessed frames: (the dataset's frame, now the new version; where the old
+        version was kept, in ``red_dir/replaced/``).
     """
 
     sorted: dict = field(default_factory=dict)
@@ -62,6 +80,7 @@ class SortResult:
     new_datasets: list = field(default_factory=list)
     dropped_duplicates: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    replaced: list = field(default_factory=list)
 
     @property
     def n_sorted(self):
@@ -103,6 +122,49 @@ def dataset_dir(reduction_dir, info):
 def is_dataset_locked(red_dir):
     """True when ``red_dir`` is locked by a live reduction (see `pipekit.locks`)."""
     return is_locked(red_dir)
+
+
+def dataset_frames(red_dir, log_layout=False):
+    """A dataset's frames: at the top of ``red_dir``, and in ``red_dir/data/`` (older layout).
+
+    Every reader of a dataset's frames asks here (photometry, configure, selection,
+    `list_datasets`). ``data/`` is where earlier pipekit versions sorted frames: still read,
+    never moved. A frame in both places (same `pipekit.lco.frame_stem`) counts once, from
+    the top. Only frame files (`pipekit.lco.list_frames`) are listed: never the config,
+    light curves, or anything in other subfolders.
+
+    Parameters
+    ----------
+    red_dir : str or os.PathLike
+        The dataset folder.
+    log_layout : bool
+        Log at INFO, once for this call, where the frames were found and which copies
+        were used (the photometry driver does, once per reduction).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The top frames, then the ``data/`` frames not also at the top, each sorted.
+
+    Examples
+    --------
+    >>> [p.name for p in dataset_frames("reduction/OGLE-2024-BLG-0034/sinistro/ip")]  # doctest: +SKIP
+    ['lsc1m005-fa15-20240501-0042-e91.fits', ...]
+    """
+    red_dir = Path(red_dir)
+    top = list_frames(red_dir)
+    legacy = list_frames(red_dir / LEGACY_FRAME_DIR)
+    if not legacy:
+        return top
+    stems = {frame_stem(f) for f in top}
+    kept = [f for f in legacy if frame_stem(f) not in stems]
+    if log_layout:
+        both = len(legacy) - len(kept)
+        log.info("%s: %d frame(s) at the top, %d in %s/ (layout of earlier pipekit versions, "
+                 "read as it is)%s", red_dir, len(top), len(kept), LEGACY_FRAME_DIR,
+                 f"; {both} frame(s) in both places, the copies at the top used" if both
+                 else "")
+    return top + kept
 
 
 # ---- moving without ever losing a frame -------------------------------------------
@@ -182,7 +244,8 @@ def _classify(info):
 def sort_frames(download_dir, reduction_dir, frame_paths=None):
     """Move downloaded frames into their datasets.
 
-    Science frames (``OBSTYPE`` EXPOSE) go to ``<dataset>/data/``.
+    Science frames (``OBSTYPE`` EXPOSE) go to the top of their dataset folder, beside its
+    ``reduction_config.yaml`` (the existing microlensing pipeline's layout).
     Calibration frames, other non-science frames, unknown instruments, frames
     lacking OBJECT/FILTER and unreadable files go to
     ``<reduction_dir>/_set_aside/<reason>/`` (``calibration``, ``not_science``,
@@ -190,9 +253,13 @@ def sort_frames(download_dir, reduction_dir, frame_paths=None):
     ``duplicate``), each logged with its reason. Frames of a locked dataset
     stay in the download folder for the next run.
 
-    A frame already in place with identical bytes is dropped from the download
-    folder; one with the same name but different bytes is set aside as
-    ``duplicate``. No frame is ever overwritten or lost.
+    A frame already in its dataset (at the top, or in ``data/`` for a dataset sorted by
+    an earlier pipekit) with identical bytes is dropped from the download folder. One with
+    the same name but different bytes is a reprocessed version (LCO file names are unique,
+    and downloads verify md5): it replaces the dataset's copy atomically, the old version is
+    kept in ``<dataset>/replaced/`` (``name.1.fits.fz``... when that name is taken), and the
+    frame's photometry is marked stale (`pipekit.photometry.invalidate_frame`) so the next
+    reduction measures it again. No frame's bytes are ever lost.
 
     Parameters
     ----------
@@ -264,23 +331,26 @@ def _sort_one(src, reduction_dir, result, locked):
         result.left_for_later.append(src)
         log.info("%s: dataset %s is locked; frame left for the next run", src.name, red_dir)
         return
-    data_dir = red_dir / "data"
-    if not data_dir.is_dir():
-        if red_dir not in result.new_datasets:
-            result.new_datasets.append(red_dir)
-            log.info("new dataset %s", red_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-    dest = data_dir / src.name
-    if dest.exists():
-        if _same_bytes(src, dest):
+    existing = next((p for p in (red_dir / src.name, red_dir / LEGACY_FRAME_DIR / src.name)
+                     if p.exists()), None)
+    if existing is not None:
+        if _same_bytes(src, existing):
             src.unlink()
             result.dropped_duplicates.append(src)
             log.info("%s: already in %s with identical bytes; download copy removed",
-                     src.name, data_dir)
+                     src.name, existing.parent)
             return
-        _set_aside(src, reduction_dir, "duplicate",
-                   f"{dest} exists with different content", result)
+        if not src.exists():  # another sort moved it in meanwhile: nothing differs
+            log.info("%s: gone before it could be compared (another sort moved it?)", src)
+            return
+        _replace_frame(src, existing, red_dir, result)
         return
+    if not red_dir.is_dir():
+        if red_dir not in result.new_datasets:
+            result.new_datasets.append(red_dir)
+            log.info("new dataset %s", red_dir)
+        red_dir.mkdir(parents=True, exist_ok=True)
+    dest = red_dir / src.name
     try:
         _move(src, dest)
     except FileExistsError:  # appeared between the check and the move
@@ -292,21 +362,42 @@ def _sort_one(src, reduction_dir, result, locked):
             return
         raise
     result.sorted.setdefault(red_dir, []).append(dest)
-    log.debug("%s -> %s", src.name, data_dir)
+    log.debug("%s -> %s", src.name, red_dir)
+
+
+def _replace_frame(src, existing, red_dir, result):
+    """Put the reprocessed ``src`` in place of ``existing``, keeping the old bytes."""
+    from .photometry.dataset import invalidate_frame
+
+    keep_dir = red_dir / REPLACED_DIR
+    keep_dir.mkdir(exist_ok=True)
+    kept = keep_dir / src.name
+    kept = _free_name(keep_dir, src.name) if kept.exists() else kept
+    # Order matters for a crash at any instant: the old bytes are kept first, the stale
+    # photometry removed before the new bytes arrive (else a rerun would see identical
+    # bytes and never re-measure), and the swap is one rename.
+    link_or_copy_new(existing, kept)
+    invalidate_frame(red_dir, existing.name)
+    staged = existing.parent / f"{TMP_PREFIX}{src.name}.{os.getpid()}"
+    staged.unlink(missing_ok=True)
+    try:
+        link_or_copy_new(src, staged)
+    except FileNotFoundError:
+        if src.exists():
+            raise
+        log.info("%s: gone before it could replace %s (another sort took it?)", src, existing)
+        return
+    os.replace(staged, existing)
+    fsync_dir(existing.parent)
+    src.unlink(missing_ok=True)
+    result.replaced.append((existing, kept))
+    result.sorted.setdefault(red_dir, []).append(existing)
+    log.info("%s: reprocessed frame replaced in %s (same name, new bytes); previous version "
+             "kept as %s; its photometry will be measured again", src.name, existing.parent,
+             kept.relative_to(red_dir))
 
 
 # ---- configuring and listing datasets ---------------------------------------------
-
-def _sexagesimal(value, hours):
-    """Degrees -> 'HH:MM:SS.sss' (hours) or '+DD:MM:SS.ss'."""
-    from astropy.coordinates import Angle
-    from astropy import units as u
-
-    if hours:
-        return Angle(value, u.deg).to_string(unit=u.hourangle, sep=":", precision=3, pad=True)
-    return Angle(value, u.deg).to_string(unit=u.deg, sep=":", precision=2, pad=True,
-                                         alwayssign=True)
-
 
 def configure_dataset(red_dir, template=None):
     """Write a new dataset's ``reduction_config.yaml`` from its frames' headers.
@@ -317,7 +408,7 @@ def configure_dataset(red_dir, template=None):
     Parameters
     ----------
     red_dir : str or os.PathLike
-        The dataset folder (holding ``data/``).
+        The dataset folder (its frames listed by `dataset_frames`).
     template : str or os.PathLike, optional
         Template config; default ``pipekit/templates/reduction_config.yaml``.
 
@@ -337,7 +428,7 @@ def configure_dataset(red_dir, template=None):
     if config_path.exists():
         log.debug("%s exists; left as it is", config_path)
         return None
-    for frame in list_frames(red_dir / "data"):
+    for frame in dataset_frames(red_dir):
         try:
             info = read_frame_info(frame)
         except FrameError as exc:
@@ -346,13 +437,12 @@ def configure_dataset(red_dir, template=None):
         if info.target and info.cat_ra is not None and info.cat_dec is not None:
             break
     else:
-        log.warning("%s: no readable frame with OBJECT and RA/DEC in %s; not configured",
-                    red_dir, red_dir / "data")
+        log.warning("%s: no readable frame with OBJECT and RA/DEC among its frames; "
+                    "not configured", red_dir)
         return None
     try:
         return write_reduction_config(config_path, info.target,
-                                      _sexagesimal(info.cat_ra, hours=True),
-                                      _sexagesimal(info.cat_dec, hours=False),
+                                      format_ra(info.cat_ra), format_dec(info.cat_dec),
                                       template=template)
     except ConfigError as exc:
         if config_path.exists():  # another process wrote it first
@@ -362,9 +452,12 @@ def configure_dataset(red_dir, template=None):
 
 
 def list_datasets(reduction_dir):
-    """Dataset folders under ``reduction_dir``: those with a config or a ``data/`` folder.
+    """Dataset folders under ``reduction_dir``.
 
-    ``_set_aside`` and hidden folders are skipped.
+    A dataset folder holds ``reduction_config.yaml`` or a ``data/`` folder (earlier pipekit
+    versions), at any depth; or, at ``<target>/<class>/<filter>`` depth, frames
+    (`dataset_frames`; the seed's ``<target>/<class>/star_catalog.fits`` makes no dataset).
+    ``_set_aside``, hidden folders and a dataset's own subfolders are not searched.
 
     Parameters
     ----------
@@ -379,7 +472,9 @@ def list_datasets(reduction_dir):
     found = []
     for root, dirs, files in os.walk(reduction_dir):
         here = Path(root)
-        if here != reduction_dir and (CONFIG_NAME in files or "data" in dirs):
+        depth = len(here.relative_to(reduction_dir).parts)
+        if depth and (CONFIG_NAME in files or LEGACY_FRAME_DIR in dirs or (
+                depth == _DATASET_DEPTH and dataset_frames(here))):
             found.append(here)
             dirs[:] = []  # a dataset's own folders are not datasets
             continue
@@ -417,7 +512,7 @@ def frame_day(path):
 def _uses_instrument(red_dir, wanted):
     if red_dir.parent.name.lower() in wanted:       # <target>/<class>/<filter>
         return True
-    for frame in list_frames(red_dir / "data"):
+    for frame in dataset_frames(red_dir):
         match = LCO_FILENAME_RE.match(frame_stem(frame))
         if match and match.group("instrument").lower() in wanted:
             return True
@@ -425,7 +520,7 @@ def _uses_instrument(red_dir, wanted):
 
 
 def _has_frame_between(red_dir, first, last):
-    for frame in list_frames(red_dir / "data"):
+    for frame in dataset_frames(red_dir):
         day = frame_day(frame)
         if day is not None and first <= day and (last is None or day <= last):
             return True

@@ -16,7 +16,7 @@ __all__ = [
     "frame_suffix", "frame_stem", "is_frame_name", "list_frames",
     "is_no_value", "clean_str", "clean_float", "clean_int",
     "instrument_class", "reduction_level_from_name", "LCO_FILENAME_RE",
-    "slug", "parse_ra", "parse_dec", "parse_utc", "mjd_utc",
+    "slug", "parse_ra", "parse_dec", "format_ra", "format_dec", "parse_utc", "mjd_utc",
 ]
 
 #: FITS frame file suffixes, longest first so that ``x.fits.fz`` is not read as ``.fits``.
@@ -294,6 +294,33 @@ def parse_ra(value):
     """
     from astropy import units as u
     return _angle(value, _SEXAGESIMAL_RA, u.hourangle, _ra_range)
+
+
+def format_ra(degrees):
+    """Right ascension in degrees as sexagesimal hours ``'HH:MM:SS.sss'`` (config files).
+
+    Examples
+    --------
+    >>> format_ra(21.047646)
+    '01:24:11.435'
+    """
+    from astropy import units as u
+    from astropy.coordinates import Angle
+    return str(Angle(degrees, u.deg).to_string(unit=u.hourangle, sep=":", precision=3, pad=True))
+
+
+def format_dec(degrees):
+    """Declination in degrees as signed sexagesimal degrees ``'+DD:MM:SS.ss'`` (config files).
+
+    Examples
+    --------
+    >>> format_dec(-28.6028333)
+    '-28:36:10.20'
+    """
+    from astropy import units as u
+    from astropy.coordinates import Angle
+    return str(Angle(degrees, u.deg).to_string(unit=u.deg, sep=":", precision=2, pad=True,
+                                               alwayssign=True))
 
 
 def parse_dec(value):

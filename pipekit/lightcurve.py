@@ -149,11 +149,11 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
     keep = np.ones(len(tables), bool)
     for i, t in enumerate(tables):
         if G[i, 0] & OFF_FRAME:
-            rejected[t.meta["frame"]] = (f"{red_dir / 'data' / t.meta['frame']}: target "
+            rejected[t.meta["frame"]] = (f"{red_dir}: frame {t.meta['frame']}: target "
                                          "outside the frame (or the WCS cannot place it)")
             keep[i] = False
         elif not np.isfinite(ens.zero_point[i]):
-            rejected[t.meta["frame"]] = (f"{red_dir / 'data' / t.meta['frame']}: only "
+            rejected[t.meta["frame"]] = (f"{red_dir}: frame {t.meta['frame']}: only "
                                          f"{ens.n_comparison[i]} usable comparison stars "
                                          f"(photometry.min_comparison_stars = {min_stars})")
             keep[i] = False

@@ -62,6 +62,17 @@ class Pipeline:
     create_paths : {True, False, "prompt"}
         Create missing folders, refuse them (``PipelineError``), or ask on a
         terminal (with no terminal, ``PipelineError`` instead of hanging).
+        Default True.
+    build_paths : {True, False, "prompt"}, optional
+        astromatic_wrapper's name for ``create_paths``, accepted as its alias;
+        giving both with different values is a ``TypeError``.
+    **kwargs
+        Any other keyword becomes an attribute of the pipeline, as in
+        astromatic_wrapper (``Pipeline(paths, build_paths=True, field="M84")`` gives
+        ``pipe.field``); such attributes are pickled with the checkpoint and are
+        back after `load`. A keyword that would shadow one of the pipeline's own
+        attributes or methods (``run``, ``steps``, ``status``...) is a ``TypeError``
+        naming it.
 
     Examples
     --------
@@ -76,7 +87,14 @@ class Pipeline:
     #: Longest wait between two retries, in seconds.
     retry_backoff_max = 60.0
 
-    def __init__(self, paths=None, name=None, create_paths=True):
+    def __init__(self, paths=None, name=None, create_paths=None, build_paths=None, **kwargs):
+        if build_paths is not None:
+            if create_paths is not None and create_paths != build_paths:
+                raise TypeError(f"Pipeline: create_paths={create_paths!r} and its alias "
+                                f"build_paths={build_paths!r} disagree; give one of them")
+            create_paths = build_paths
+        if create_paths is None:
+            create_paths = True
         self.name = name or "pipeline"
         self.paths = {key: Path(value) for key, value in (paths or {}).items()}
         self.steps = []
@@ -90,6 +108,14 @@ class Pipeline:
         self._warned = set()
         self._value_cache = {}
         self._checkpoint_size = 0
+        #: Names of the attributes set from extra keyword arguments.
+        self.extra_attributes = []
+        for key in kwargs:
+            if key.startswith("_") or hasattr(self, key):
+                raise TypeError(f"Pipeline: keyword {key!r} would shadow the pipeline's own "
+                                f"attribute or method {key!r}; choose another name")
+        self.extra_attributes = sorted(kwargs)
+        self.__dict__.update(kwargs)
         self._prepare_paths(create_paths)
 
     # -- building ---------------------------------------------------------
@@ -414,6 +440,7 @@ class Pipeline:
             raise PipelineError(
                 f"this checkpoint has format {version!r} but this pipekit reads format "
                 f"{CHECKPOINT_FORMAT}; resume it with the pipekit version that wrote it")
+        state.setdefault("extra_attributes", [])  # a checkpoint of an earlier pipekit
         self.__dict__.update(state)
 
     @classmethod

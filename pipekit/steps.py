@@ -245,8 +245,9 @@ def sort(download_dir, reduction_dir):
         ``status``, ``n_sorted``, ``n_set_aside``, ``n_left_for_later``,
         ``n_duplicates_dropped``, ``n_failed``, ``datasets`` (folders that
         received frames), ``new_datasets``, ``set_aside`` (``{reason: count}``),
-        ``failed`` (``[[path, reason]]``). One bad frame never fails the step;
-        a missing download folder does.
+        ``failed`` (``[[path, reason]]``), ``n_replaced`` and ``replaced``
+        (reprocessed frames put in place of their old version: ``[[frame, kept old copy]]``).
+        One bad frame never fails the step; a missing download folder does.
     """
     result = sort_frames(download_dir, reduction_dir)
     return {
@@ -260,6 +261,8 @@ def sort(download_dir, reduction_dir):
         "new_datasets": [str(p) for p in result.new_datasets],
         "set_aside": dict(Counter(reason for _, reason in result.set_aside)),
         "failed": [[str(p), reason] for p, reason in result.failed],
+        "n_replaced": len(result.replaced),
+        "replaced": [[str(p), str(kept)] for p, kept in result.replaced],
     }
 
 
@@ -354,8 +357,8 @@ def photometry(red_dir, pipeline=None):
         "rejected_file": str(result.photometry_dir / REJECTED_FRAMES),
     }
     if not done:
-        status["error"] = (f"{red_dir}: no frame measured ({result.n_frames} frames in "
-                           f"{red_dir / 'data'}, {len(result.rejected)} rejected)")
+        status["error"] = (f"{red_dir}: no frame measured ({result.n_frames} frames at its "
+                           f"top and in data/, {len(result.rejected)} rejected)")
     return status
 
 

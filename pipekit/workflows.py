@@ -120,7 +120,8 @@ def reduction_pipeline(red_dir):
     Parameters
     ----------
     red_dir : str or os.PathLike
-        A dataset folder holding ``reduction_config.yaml`` and ``data/``.
+        A dataset folder: ``reduction_config.yaml`` and the frames at its top (and
+        in ``data/`` for a dataset sorted by an earlier pipekit).
         The checkpoint goes to ``<red_dir>/logs/pipeline.p``.
 
     Returns

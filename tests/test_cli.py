@@ -110,3 +110,73 @@ def test_manage_runs_on_a_dask_scheduler_given_by_address(tmp_path, capsys):
     assert code == 0, out
     assert len(list((tmp_path / "reduction").glob("*/*/*/*_lc.ecsv"))) == 2
     assert out.count("success") >= 2
+
+
+# ---- end to end: a dataset exactly as the existing microlensing pipeline lays it out -------
+
+def _seed_dataset(red_dir, filt, seed, legacy=False):
+    """Frames funpacked (``.fits``) at the top of ``red_dir`` (or in ``data/``, as an earlier
+    pipekit sorted them) and the seed's example reduction config with real values."""
+    from astropy import units as u
+    from astropy.coordinates import Angle
+
+    from _seed_files import SEED_REDUCTION_CONFIG, write_seed_file
+    from pipekit.testing.simulate import simulate_dataset
+
+    truth = simulate_dataset(red_dir / "data" if legacy else red_dir, n_frames=5, seed=seed,
+                             filter=filt, shape=(256, 256), n_stars=40, compress=False)
+    ra = Angle(truth.meta["ra"], u.deg).to_string(unit=u.hourangle, sep=":", precision=2)
+    dec = Angle(truth.meta["dec"], u.deg).to_string(unit=u.deg, sep=":", precision=1)
+    tom = write_seed_file(red_dir.parent / "tom_config.yaml",
+                          "url: https://tom.example.org\nusername: me\n"
+                          "password_envvar: TOM_PASSWORD\n")
+    write_seed_file(red_dir / "reduction_config.yaml", SEED_REDUCTION_CONFIG, [
+        ("'TEST'\n  RA", f"'{truth.meta['target']}'\n  RA"), ("17:30:25.5", ra),
+        ("-25:30:30.5", dec), ("name_of_image.fits", truth.files[2].name),
+        ("upload: True", "upload: False"), ("/path/to/config", tom)])
+    return truth
+
+
+def _pipekit(*args):
+    exe = Path(sys.executable).parent / "pipekit"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipekit.cli"]
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_reduce_and_manage_a_dataset_laid_out_as_the_existing_pipeline_does(tmp_path):
+    from _seed_files import SEED_MANAGER_CONFIG, write_seed_file
+    from pipekit.lco import list_frames
+
+    reduction = tmp_path / "reduction"
+    target = "OGLE-2026-BLG-0034"
+    ip = reduction / target / "sinistro" / "ip"
+    gp = reduction / target / "sinistro" / "gp"
+    ip_truth = _seed_dataset(ip, "ip", seed=71)
+    _seed_dataset(gp, "gp", seed=72, legacy=True)     # sorted by an earlier pipekit
+
+    proc = _pipekit("reduce", ip)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lc = ip / f"{target}_ip_lc.ecsv"
+    assert lc.is_file() and (ip / f"{target}_ip_lc.csv").is_file()
+    phot = load(ip / "logs" / "pipeline.p").steps[0].result
+    assert phot["reference_frame"] == ip_truth.files[2].name     # the seed's reference_image
+    assert phot["n_measured"] == 5
+    # outputs in subfolders: the top of red_dir holds the same frames as before, and no other
+    assert [p.name for p in list_frames(ip)] == sorted(f.name for f in ip_truth.files)
+
+    listing = write_seed_file(tmp_path / "reduce_datasets.txt", "",
+                              append=f"{target}/sinistro/ip\n{target}/sinistro/gp\n")
+    config = write_seed_file(tmp_path / "reduction_manager_config.yaml", SEED_MANAGER_CONFIG, [
+        ("/path/to/logging/directory/", tmp_path / "manager_logs"),
+        ("/path/to/top-level/reduction/directory/", reduction),
+        ("/path/to/software/installation/directory/", tmp_path / "microlensing_photometry"),
+        ("/path/to/datasets/file/reduce_datasets.txt", listing)], append="max_parallel: 2\n")
+    lc.unlink()
+    proc = _pipekit("manage", config, "--no-progress")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert lc.is_file()
+    assert (gp / f"{target}_gp_lc.ecsv").is_file()
+    assert sorted(p.name for p in (gp / "photometry").glob("*-e91.ecsv")) == sorted(
+        p.name.replace(".fits", ".ecsv") for p in list_frames(gp / "data"))

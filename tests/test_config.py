@@ -501,3 +501,83 @@ def test_a_none_inside_a_list_is_an_error(tmp_path):
         "{token_envvar: T}", "{proposals: [KEY-1, none]}"))
     with pytest.raises(ConfigError, match="'archives.lco.proposals'.*a list of strings"):
         load_download_config(path)
+
+
+# ---- the seed's own example files, verbatim (tests/_seed_files.py) --------------------------
+
+def test_seed_example_download_config_loads_with_its_meaning(tmp_path, caplog):
+    from _seed_files import SEED_DATA_DOWNLOAD, write_seed_file
+
+    template = write_seed_file(tmp_path / "default_red_config.yaml", "target: {name: x}\n")
+    path = write_seed_file(tmp_path / "conf" / "data_download.yaml", SEED_DATA_DOWNLOAD, [
+        ("/path/to/directory/", f"{tmp_path}/"),
+        ("/path/to/default/YAMLfile/", template)])
+    with caplog.at_level(logging.WARNING, logger="pipekit"):
+        cfg = load_download_config(path)
+    assert caplog.records == []                       # nothing unknown, nothing ignored
+    assert [a.name for a in cfg.active_archives] == ["LCO", "SOAR"]
+    assert cfg.archives["LCO"].token_envvar == "LCO_TOKEN"
+    assert cfg.archives["LCO"].proposals == ["PROPOSAL_ID"]
+    assert cfg.archives["SOAR"].reduction_level_image == 0
+    assert cfg.start_datetime is None and cfg.end_datetime is None   # the string 'None'
+    assert cfg.frame_list == tmp_path / "omega_frame_list.txt"
+    assert cfg.data_download_dir == cfg.data_reduction_dir == tmp_path
+    assert cfg.default_red_config == template
+
+
+def test_seed_example_reduction_config_keeps_reference_image(tmp_path, caplog):
+    from _seed_files import SEED_REDUCTION_CONFIG, write_seed_file
+
+    tom = write_seed_file(tmp_path / "tom.yaml", "url: https://tom.example.org\n")
+    path = write_seed_file(tmp_path / "reduction_config.yaml", SEED_REDUCTION_CONFIG,
+                           [("/path/to/config", tom)])
+    with caplog.at_level(logging.WARNING, logger="pipekit"):
+        cfg = load_reduction_config(path)
+    assert caplog.records == []                       # reference_image is no unknown key
+    assert cfg.photometry.reference_frame == "name_of_image.fits"
+    assert cfg.photometry.aperture_arcsec == 2.0
+    assert cfg.target.name == "TEST"
+    assert cfg.target.ra == pytest.approx((17 + 30 / 60 + 25.5 / 3600) * 15)
+    assert cfg.target.dec == pytest.approx(-(25 + 30 / 60 + 30.5 / 3600))
+    assert (cfg.tom.upload, cfg.tom.config_file, cfg.tom.data_label) == (True, tom, "TEST")
+
+
+def test_reference_frame_spelling_is_still_accepted(tmp_path):
+    path = tmp_path / "reduction_config.yaml"
+    path.write_text("target: {name: T, RA: 10.0, Dec: -5.0}\n"
+                    "photometry: {reference_frame: a-0001-e91.fits.fz}\n")
+    assert load_reduction_config(path).photometry.reference_frame == "a-0001-e91.fits.fz"
+
+
+def test_seed_example_manager_config_accepts_software_dir_quietly(tmp_path, caplog):
+    from _seed_files import SEED_MANAGER_CONFIG, write_seed_file
+
+    listing = write_seed_file(tmp_path / "reduce_datasets.txt", "T/sinistro/ip\n")
+    path = write_seed_file(tmp_path / "reduction_manager_config.yaml", SEED_MANAGER_CONFIG, [
+        ("/path/to/logging/directory/", tmp_path / "logs"),
+        ("/path/to/top-level/reduction/directory/", tmp_path / "red"),
+        ("/path/to/software/installation/directory/", tmp_path / "software"),
+        ("/path/to/datasets/file/reduce_datasets.txt", listing)], append="max_parallel: 2\n")
+    with caplog.at_level(logging.WARNING, logger="pipekit"):
+        cfg = load_manager_config(path)
+    assert caplog.records == []
+    assert cfg.software_dir == tmp_path / "software"   # accepted, unused
+    assert cfg.instrument_list == ["sinistro", "qhy"] and cfg.max_parallel == 2
+    sel = cfg.dataset_selection
+    assert (sel.group, sel.file, sel.start_date, sel.end_date, sel.ndays) == (
+        "file", listing, None, None, 0)
+
+
+def test_seed_example_tom_config_says_how_to_migrate_without_the_password(tmp_path):
+    from _seed_files import SEED_TOM_CONFIG, write_seed_file
+
+    path = write_seed_file(tmp_path / "tom_config.yaml", SEED_TOM_CONFIG,
+                           [("'tom_password'", "'s3cret-Value'")])
+    with pytest.raises(ConfigError) as err:
+        load_tom_config(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "username: 'userid'" in message and "password_envvar:" in message
+    assert "url: 'https://url.to.tom'" in message and "export TOM_PASSWORD" in message
+    assert "'tom_user_id'" in message and "'tom_password'" in message
+    assert "s3cret-Value" not in message and "neither" not in message

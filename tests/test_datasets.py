@@ -99,7 +99,8 @@ def test_sort_and_configure_the_real_lco_frames(lco_data, dirs):
     assert set(result.sorted) == {m84, kb70, fl10}
     assert sorted(result.new_datasets) == sorted([m84, kb70, fl10])
     assert result.n_sorted == 4 and result.n_set_aside == 0
-    assert sorted(p.name for p in (m84 / "data").iterdir()) == [
+    # the existing pipeline's layout: frames at the top of the dataset folder
+    assert sorted(p.name for p in m84.iterdir()) == [
         "coj1m011-kb05-20150219-0125-e90.fits", "coj1m011-kb05-20150219-0125-e90.fits.fz"]
     assert list(download.iterdir()) == []
     for name in names:  # moved, byte for byte
@@ -140,7 +141,7 @@ def test_calibration_unknown_instrument_and_unreadable_frames_are_set_aside(dirs
     for path, reason in result.set_aside:
         assert path.parent == reduction / SET_ASIDE_DIR / reason and path.exists()
     assert result.n_sorted == 1
-    assert (reduction / TARGET / "sinistro" / "ip" / "data" / "sci-0001-e91.fits.fz").exists()
+    assert (reduction / TARGET / "sinistro" / "ip" / "sci-0001-e91.fits.fz").exists()
     assert list(download.iterdir()) == []
     # Each is logged with its reason, and recorded for the observer.
     assert "BIAS" in caplog.text and "'zz01' is not a known LCO camera" in caplog.text
@@ -165,19 +166,21 @@ def test_frames_of_a_locked_dataset_stay_for_the_next_run(dirs):
         result = sort_frames(download, reduction)
         assert result.left_for_later == [download / "a-0001-e91.fits.fz"]
         assert (download / "a-0001-e91.fits.fz").exists()
-        assert not (locked_dir / "data").exists()
+        assert not (locked_dir / "a-0001-e91.fits.fz").exists()
         assert result.n_sorted == 1  # the gp frame went in
     # Released: the next run sorts it.
     again = sort_frames(download, reduction)
     assert again.n_sorted == 1 and again.left_for_later == []
-    assert (locked_dir / "data" / "a-0001-e91.fits.fz").exists()
+    assert (locked_dir / "a-0001-e91.fits.fz").exists()
 
 
-def test_identical_duplicate_is_dropped_and_different_one_set_aside(dirs):
+def test_identical_copy_is_dropped_and_reprocessed_version_replaces_keeping_the_old(dirs,
+                                                                                   caplog):
     download, reduction = dirs
     make_frame(download, "f-0001-e91.fits.fz", value=1.0)
     sort_frames(download, reduction)
-    in_place = reduction / TARGET / "sinistro" / "ip" / "data" / "f-0001-e91.fits.fz"
+    red_dir = reduction / TARGET / "sinistro" / "ip"
+    in_place = red_dir / "f-0001-e91.fits.fz"
     original = in_place.read_bytes()
 
     make_frame(download, "f-0001-e91.fits.fz", value=1.0)   # same bytes again
@@ -185,171 +188,39 @@ def test_identical_duplicate_is_dropped_and_different_one_set_aside(dirs):
     assert result.dropped_duplicates == [download / "f-0001-e91.fits.fz"]
     assert not (download / "f-0001-e91.fits.fz").exists()
 
-    make_frame(download, "f-0001-e91.fits.fz", value=2.0)   # same name, other content
-    different = (download / "f-0001-e91.fits.fz").read_bytes()
-    result = sort_frames(download, reduction)
-    assert [(p.name, r) for p, r in result.set_aside] == [("f-0001-e91.fits.fz", "duplicate")]
-    assert in_place.read_bytes() == original                 # never overwritten
-    assert result.set_aside[0][0].read_bytes() == different  # never lost
+    make_frame(download, "f-0001-e91.fits.fz", value=2.0)   # reprocessed: same name, new bytes
+    second = (download / "f-0001-e91.fits.fz").read_bytes()
+    (red_dir / "photometry").mkdir()
+    (red_dir / "photometry" / "f-0001-e91.ecsv").write_text("old measurement")
+    with caplog.at_level(logging.INFO, logger="pipekit"):
+        result = sort_frames(download, reduction)
+    assert result.set_aside == [] and not (download / "f-0001-e91.fits.fz").exists()
+    assert result.replaced == [(in_place, red_dir / "replaced" / "f-0001-e91.fits.fz")]
+    assert in_place.read_bytes() == second                           # the new version
+    assert (red_dir / "replaced" / "f-0001-e91.fits.fz").read_bytes() == original  # kept
+    assert not (red_dir / "photometry" / "f-0001-e91.ecsv").exists()  # stale: measured again
+    assert "reprocessed frame replaced" in caplog.text
+    assert datasets.dataset_frames(red_dir) == [in_place]  # replaced/ holds no dataset frame
 
     make_frame(download, "f-0001-e91.fits.fz", value=3.0)   # and a third version
     result = sort_frames(download, reduction)
-    assert result.set_aside[0][0].name == "f-0001-e91.1.fits.fz"
-    assert len(list((reduction / SET_ASIDE_DIR / "duplicate").iterdir())) == 2
+    assert result.replaced[0][1].name == "f-0001-e91.1.fits.fz"
+    assert sorted(p.read_bytes() for p in (red_dir / "replaced").iterdir()) == sorted(
+        [original, second])
+    assert not any(red_dir.glob(".pipekit-tmp-*"))
 
 
-def test_no_frame_is_lost_whatever_its_fate(dirs):
+def test_reprocessed_frame_of_an_old_layout_dataset_is_replaced_in_data(dirs):
     download, reduction = dirs
-    for i in range(6):
-        make_frame(download, f"s-{i:04d}-e91.fits.fz", filt=["ip", "gp"][i % 2], value=i)
-    make_frame(download, "b-0100-b00.fits.fz", obstype="BIAS")
-    (download / "x-0101-e91.fits").write_text("garbage")
-    before = {p.name: p.read_bytes() for p in download.iterdir()}
-    sort_frames(download, reduction)
-    after = {p.name: p.read_bytes() for p in reduction.rglob("*.fits*")}
-    assert after == before
-
-
-def test_only_frame_files_are_sorted_and_frame_paths_limits_the_sort(dirs):
-    download, reduction = dirs
-    make_frame(download, "a-0001-e91.fits.fz")
-    make_frame(download, "b-0002-e91.fits", compress=False)
-    (download / "frame_list.txt").write_text("a\n")
-    (download / ".pipekit-tmp-c-0003-e91.fits.fz.x1").write_bytes(b"partial")
-    result = sort_frames(download, reduction, frame_paths=[download / "b-0002-e91.fits"])
-    assert [p.name for p in result.sorted[reduction / TARGET / "sinistro" / "ip"]] == [
-        "b-0002-e91.fits"]
-    result = sort_frames(download, reduction)
-    assert result.n_sorted == 1 and result.n_set_aside == 0
-    assert sorted(p.name for p in download.iterdir()) == [
-        ".pipekit-tmp-c-0003-e91.fits.fz.x1", "frame_list.txt"]
-
-
-def test_move_falls_back_to_copy_across_filesystems(dirs, monkeypatch):
-    download, reduction = dirs
-    src = make_frame(download, "a-0001-e91.fits.fz")
-    content = src.read_bytes()
-
-    def no_link(a, b):
-        raise OSError(18, "Invalid cross-device link")
-
-    monkeypatch.setattr(datasets.os, "link", no_link)
-    result = sort_frames(download, reduction)
-    dest = result.sorted[reduction / TARGET / "sinistro" / "ip"][0]
-    assert dest.read_bytes() == content and not src.exists()
-    assert not list(dest.parent.glob(".pipekit-tmp-*"))
-
-
-def test_one_failing_move_leaves_that_frame_and_sorts_the_rest(dirs, monkeypatch):
-    download, reduction = dirs
-    make_frame(download, "a-0001-e91.fits.fz")
-    make_frame(download, "b-0002-e91.fits.fz")
-    real_move = datasets._move
-
-    def flaky(src, dest):
-        if src.name.startswith("a-"):
-            raise PermissionError(13, "Permission denied", str(dest))
-        return real_move(src, dest)
-
-    monkeypatch.setattr(datasets, "_move", flaky)
-    result = sort_frames(download, reduction)
-    assert [p.name for p, _ in result.failed] == ["a-0001-e91.fits.fz"]
-    assert "Permission denied" in result.failed[0][1]
-    assert (download / "a-0001-e91.fits.fz").exists()
-    assert result.n_sorted == 1
-
-
-def test_missing_download_folder_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        sort_frames(tmp_path / "nowhere", tmp_path / "red")
-
-
-# ---- configuring and listing -----------------------------------------------------------
-
-def test_configure_dataset_writes_target_from_catalogue_position(dirs):
-    download, reduction = dirs
-    make_frame(download, "a-0001-e91.fits.fz", RA="17:59:30.00")  # dithered pointing
-    sort_frames(download, reduction)
     red_dir = reduction / TARGET / "sinistro" / "ip"
-    path = configure_dataset(red_dir)
-    assert path == red_dir / "reduction_config.yaml"
-    cfg = load_reduction_config(path)
-    assert cfg.target.name == TARGET
-    assert cfg.target.ra == pytest.approx((17 + 59 / 60 + 27.0 / 3600) * 15, abs=1e-6)
-    assert cfg.target.dec == pytest.approx(-(28 + 36 / 60 + 10.0 / 3600), abs=1e-6)
-    assert "# aperture radius" in path.read_text()  # the template's comments are kept
-
-
-def test_configure_never_overwrites_an_existing_config(dirs):
-    download, reduction = dirs
-    make_frame(download, "a-0001-e91.fits.fz")
-    sort_frames(download, reduction)
-    red_dir = reduction / TARGET / "sinistro" / "ip"
-    config = red_dir / "reduction_config.yaml"
-    config.write_text("target: {name: hand-edited, RA: 1, Dec: 2}\n")
-    before = config.read_bytes()
-    assert configure_dataset(red_dir) is None
-    out = steps.configure(reduction)
-    assert out["status"] == "success" and out["n_configured"] == 0 and out["n_existing"] == 1
-    assert config.read_bytes() == before
-
-
-def test_configure_without_usable_frames_returns_none(tmp_path):
-    red_dir = tmp_path / "X" / "sbig" / "V"
-    (red_dir / "data").mkdir(parents=True)
-    (red_dir / "data" / "bad-e91.fits.fz").write_bytes(b"nope")
-    assert configure_dataset(red_dir) is None
-    assert not (red_dir / "reduction_config.yaml").exists()
-
-
-def test_list_datasets_finds_configured_or_populated_folders(tmp_path):
-    (tmp_path / "A" / "sbig" / "V" / "data").mkdir(parents=True)
-    (tmp_path / "B" / "sinistro" / "ip").mkdir(parents=True)
-    (tmp_path / "B" / "sinistro" / "ip" / "reduction_config.yaml").write_text("x")
-    (tmp_path / "C" / "qhy" / "rp").mkdir(parents=True)          # empty: not a dataset
-    (tmp_path / SET_ASIDE_DIR / "calibration" / "data").mkdir(parents=True)
-    (tmp_path / "A" / "sbig" / "V" / "photometry" / "data").mkdir(parents=True)
-    assert list_datasets(tmp_path) == [tmp_path / "A" / "sbig" / "V",
-                                       tmp_path / "B" / "sinistro" / "ip"]
-    assert list_datasets(tmp_path / "absent") == []
-
-
-# ---- the steps --------------------------------------------------------------------------
-
-def test_sort_and_configure_steps_return_counts_and_paths(dirs, tmp_path):
-    download, reduction = dirs
-    make_frame(download, "a-0001-e91.fits.fz")
-    make_frame(download, "b-0002-e91.fits.fz", filt="gp")
-    make_frame(download, "c-0003-b00.fits.fz", obstype="BIAS")
-    (download / "d-0004-e91.fits.fz").write_bytes(b"junk")
-    out = steps.sort(str(download), str(reduction))
-    ip = str(reduction / TARGET / "sinistro" / "ip")
-    gp = str(reduction / TARGET / "sinistro" / "gp")
-    assert out["status"] == "success"
-    assert (out["n_sorted"], out["n_set_aside"], out["n_left_for_later"], out["n_failed"]) == (
-        2, 2, 0, 0)
-    assert sorted(out["datasets"]) == sorted(out["new_datasets"]) == sorted([ip, gp])
-    assert out["set_aside"] == {"calibration": 1, "unreadable": 1}
-
-    template = tmp_path / "my_template.yaml"
-    template.write_text("# mine\ntarget:\n  name: T  # keep\n  RA: 0\n  Dec: 0\n"
-                        "photometry:\n  aperture_arcsec: 4.5\n")
-    out = steps.configure(str(reduction), template=str(template))
-    assert out["status"] == "success" and out["n_configured"] == 2
-    assert sorted(out["configs"]) == sorted([os.path.join(ip, "reduction_config.yaml"),
-                                             os.path.join(gp, "reduction_config.yaml")])
-    assert load_reduction_config(out["configs"][0]).photometry.aperture_arcsec == 4.5
-    assert "# keep" in Path(out["configs"][0]).read_text()
-
-
-def test_sort_step_reports_a_missing_download_folder(tmp_path):
-    out = steps.sort(tmp_path / "absent", tmp_path / "red")
-    assert out["status"] == "error" and "absent" in out["error"]
-
-
-def test_configure_step_reports_a_missing_template(tmp_path):
-    out = steps.configure(tmp_path, template=tmp_path / "nope.yaml")
-    assert out["status"] == "error" and "nope.yaml" in out["error"]
+    old = make_frame(red_dir / "data", "f-0001-e91.fits.fz", value=1.0)
+    make_frame(download, "f-0001-e91.fits.fz", value=1.0)
+    assert sort_frames(download, reduction).dropped_duplicates      # found in data/
+    make_frame(download, "f-0001-e91.fits.fz", value=5.0)
+    result = sort_frames(download, reduction)
+    assert result.replaced == [(old, red_dir / "replaced" / "f-0001-e91.fits.fz")]
+    assert not (red_dir / "f-0001-e91.fits.fz").exists()            # one copy, in place
+    assert datasets.dataset_frames(red_dir) == [old]
 
 
 # ---- selecting datasets for a reduction manager ---------------------------------------
@@ -362,9 +233,10 @@ def three_datasets(tmp_path):
     ip = red / TARGET / "sinistro" / "ip"
     gp = red / TARGET / "sinistro" / "gp"
     v = red / "M84" / "sbig" / "V"
-    make_frame(ip / "data", "lsc1m005-fa15-20240501-0001-e91.fits.fz")
-    make_frame(ip / "data", "lsc1m005-fa15-20240503-0002-e91.fits.fz")
-    make_frame(gp / "data", "coj1m003-fa03-20240420-0001-e91.fits.fz", filt="gp")
+    make_frame(ip, "lsc1m005-fa15-20240501-0001-e91.fits.fz")
+    make_frame(ip, "lsc1m005-fa15-20240503-0002-e91.fits.fz")
+    make_frame(gp, "coj1m003-fa03-20240420-0001-e91.fits.fz", filt="gp")
+    # sorted by an earlier pipekit: frames in data/
     make_frame(v / "data", "m84_image.fits", instrume="kb70", filt="V", target="M84",
                **{"DATE-OBS": "2024-05-02T23:59:59.000"})
     return red, ip, gp, v

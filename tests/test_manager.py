@@ -276,9 +276,9 @@ OLD_DAY = datetime.date(2026, 7, 30)
 
 def _dataset(red, target, klass, filt, camera, day, config=True):
     red_dir = red / target / klass / filt
-    (red_dir / "data").mkdir(parents=True)
+    red_dir.mkdir(parents=True)
     # Selection reads only names (camera, DAY-OBS) and folders, never pixels.
-    (red_dir / "data" / f"lsc1m005-{camera}-{day:%Y%m%d}-0101-e91.fits.fz").write_bytes(b"")
+    (red_dir / f"lsc1m005-{camera}-{day:%Y%m%d}-0101-e91.fits.fz").write_bytes(b"")
     if config is True:
         write_reduction_config(red_dir / "reduction_config.yaml", target, 270.0, -30.0)
     elif config:

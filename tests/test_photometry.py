@@ -30,7 +30,7 @@ M13 = Path(astropy.__file__).parent / "io/fits/hdu/compressed/tests/data/m13.fit
 
 
 def make_dataset(red_dir, n_frames, seed, **kw):
-    truth = simulate_dataset(Path(red_dir) / "data", n_frames=n_frames, seed=seed, **kw)
+    truth = simulate_dataset(Path(red_dir), n_frames=n_frames, seed=seed, **kw)
     write_reduction_config(Path(red_dir) / "reduction_config.yaml", truth.meta["target"],
                            truth.meta["ra"], truth.meta["dec"])
     return truth
@@ -289,7 +289,7 @@ def test_resume_measures_only_frames_not_yet_done(tmp_path):
     assert len(first.measured) == 6 and first.skipped == []
     done = {p: p.stat().st_mtime_ns for p in (red / "photometry").glob("*-e91.ecsv")}
     # three new frames of the same field arrive
-    simulate_dataset(red / "data", n_frames=3, seed=22, shape=(256, 256), stars=truth.stars,
+    simulate_dataset(red, n_frames=3, seed=22, shape=(256, 256), stars=truth.stars,
                      first_frame_number=7, start="2026-08-02T00:00:00")
     second = measure_dataset(red)
     assert sorted(second.skipped) == sorted(f.name for f in truth.files)
@@ -317,7 +317,7 @@ def test_corrupt_and_wcsless_frames_are_rejected_with_reasons_and_the_rest_measu
 
 def test_target_outside_every_frame_says_so_and_names_the_config_to_check(tmp_path):
     red = tmp_path / "far"
-    truth = simulate_dataset(red / "data", n_frames=4, seed=5, shape=(200, 200), n_stars=30)
+    truth = simulate_dataset(red, n_frames=4, seed=5, shape=(200, 200), n_stars=30)
     config_path = red / "reduction_config.yaml"
     ra, dec = truth.meta["ra"] + 3.0, truth.meta["dec"]   # a typo'd RA: 12 arcmin frames miss it
     write_reduction_config(config_path, truth.meta["target"], ra, dec)
@@ -334,7 +334,7 @@ def test_target_outside_every_frame_says_so_and_names_the_config_to_check(tmp_pa
 
 def test_target_outside_the_frames_a_corrupt_frame_aside_lists_that_frame_too(tmp_path):
     red = tmp_path / "far"
-    truth = simulate_dataset(red / "data", n_frames=3, seed=6, shape=(200, 200), n_stars=30)
+    truth = simulate_dataset(red, n_frames=3, seed=6, shape=(200, 200), n_stars=30)
     corrupt = truth.files[0]
     corrupt.write_bytes(corrupt.read_bytes()[:5000])
     write_reduction_config(red / "reduction_config.yaml", truth.meta["target"],
@@ -350,7 +350,7 @@ def test_target_outside_the_frames_a_corrupt_frame_aside_lists_that_frame_too(tm
 
 def test_empty_dataset_measures_nothing_without_crashing(tmp_path):
     red = tmp_path / "empty"
-    (red / "data").mkdir(parents=True)
+    red.mkdir(parents=True)
     write_reduction_config(red / "reduction_config.yaml", "X", 10.0, -5.0)
     result = measure_dataset(red)
     assert result.n_frames == 0 and result.measured == [] and result.rejected == {}
@@ -364,7 +364,7 @@ def test_frames_of_every_suffix_are_measured_or_rejected_none_vanishes(tmp_path)
     packed = simulate_dataset(tmp_path / "packed", n_frames=4, seed=51, shape=(200, 200),
                               n_stars=40, compress=True)
     red = tmp_path / "ds"
-    data = red / "data"
+    data = red
     data.mkdir(parents=True)
     (data / "a.fits.gz").write_bytes(gzip.compress(plain.files[0].read_bytes()))
     (data / "b.FITS").write_bytes(plain.files[1].read_bytes())
@@ -391,3 +391,72 @@ def test_a_config_passed_in_is_used_and_the_file_is_not_read(tmp_path):
     (red / "reduction_config.yaml").unlink()
     result = measure_dataset(red, config)
     assert len(result.measured) == 3
+
+
+# ---- the seed's layout, older pipekit layouts, the seed's reference_image ----------------
+
+def _set_reference_image(red, name):
+    config = red / "reduction_config.yaml"
+    text = config.read_text()
+    assert "reference_image: null" in text
+    config.write_text(text.replace("reference_image: null", f"reference_image: '{name}'"))
+
+
+def test_reference_image_names_the_frame_field_stars_are_detected_on(tmp_path):
+    red = tmp_path / "ds"
+    truth = make_dataset(red, 4, seed=61, shape=(200, 200), n_stars=30)
+    chosen = truth.files[2]
+    # the seed funpacks frames, so its config says 'x.fits' for pipekit's 'x.fits.fz'
+    _set_reference_image(red, frame_stem(chosen) + ".fits")
+    result = measure_dataset(red)
+    assert result.reference_frame == chosen.name and len(result.measured) == 4
+    stars = Table.read(red / "photometry" / REFERENCE_STARS, format="ascii.ecsv")
+    assert stars.meta["reference_frame"] == chosen.name
+
+
+def test_reference_image_absent_from_the_dataset_is_an_error_naming_it(tmp_path):
+    from pipekit.errors import ConfigError
+
+    red = tmp_path / "ds"
+    make_dataset(red, 2, seed=62, shape=(200, 200), n_stars=30)
+    _set_reference_image(red, "name_of_image.fits")
+    with pytest.raises(ConfigError) as err:
+        measure_dataset(red)
+    message = str(err.value)
+    assert "'photometry.reference_image' = 'name_of_image.fits'" in message
+    assert str(red / "reduction_config.yaml") in message and "names no frame" in message
+    assert not list((red / "photometry").glob("*-e91.ecsv"))
+
+
+def test_a_dataset_sorted_by_an_earlier_pipekit_reduces_from_data(tmp_path, caplog):
+    import logging
+
+    red = tmp_path / "ds"
+    truth = simulate_dataset(red / "data", n_frames=3, seed=63, shape=(200, 200), n_stars=30)
+    write_reduction_config(red / "reduction_config.yaml", truth.meta["target"],
+                           truth.meta["ra"], truth.meta["dec"])
+    with caplog.at_level(logging.INFO, logger="pipekit.datasets"):
+        result = measure_dataset(red)
+    assert result.n_frames == 3 and len(result.measured) == 3
+    assert "3 in data/ (layout of earlier pipekit versions" in caplog.text
+    assert sorted(p.name for p in (red / "data").iterdir()) == sorted(
+        f.name for f in truth.files)                     # nothing moved
+
+
+def test_a_mixed_dataset_counts_each_frame_once_from_the_top(tmp_path, caplog):
+    import logging
+    import shutil
+
+    red = tmp_path / "ds"
+    truth = simulate_dataset(red / "data", n_frames=4, seed=64, shape=(200, 200), n_stars=30)
+    write_reduction_config(red / "reduction_config.yaml", truth.meta["target"],
+                           truth.meta["ra"], truth.meta["dec"])
+    for f in truth.files[:2]:                            # two frames in both places
+        shutil.copy(f, red / f.name)
+    simulate_dataset(red, n_frames=1, seed=65, shape=(200, 200), stars=truth.stars,
+                     first_frame_number=9, start="2026-08-03T00:00:00")  # one new, at the top
+    with caplog.at_level(logging.INFO, logger="pipekit.datasets"):
+        result = measure_dataset(red)
+    assert result.n_frames == 5 and len(result.measured) == 5 and result.rejected == {}
+    assert len(list((red / "photometry").glob("*-e91.ecsv"))) == 5
+    assert "2 frame(s) in both places, the copies at the top used" in caplog.text

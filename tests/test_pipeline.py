@@ -84,6 +84,37 @@ def test_prompt_on_a_terminal_asks(tmp_path, monkeypatch):
     assert not (tmp_path / "no").exists()
 
 
+def test_build_paths_is_astromatic_wrappers_name_for_create_paths(tmp_path):
+    Pipeline({"log": tmp_path / "built"}, build_paths=True)
+    assert (tmp_path / "built").is_dir()
+    with pytest.raises(PipelineError, match="do not exist"):
+        Pipeline({"log": tmp_path / "refused"}, build_paths=False)
+    assert not (tmp_path / "refused").exists()
+    Pipeline({"log": tmp_path / "both"}, build_paths=True, create_paths=True)
+    with pytest.raises(TypeError, match="create_paths=False and its alias build_paths=True"):
+        Pipeline({"log": tmp_path / "clash"}, build_paths=True, create_paths=False)
+
+
+def test_extra_keywords_become_attributes_and_survive_checkpoint_and_load(tmp_path):
+    pipe = Pipeline({"log": tmp_path / "log"}, build_paths=True, name="seed",
+                    field="OGLE-2026-BLG-0034", aperture_radii=[3, 5], weather={"sky": "clear"})
+    assert pipe.field == "OGLE-2026-BLG-0034" and pipe.aperture_radii == [3, 5]
+    assert pipe.extra_attributes == ["aperture_radii", "field", "weather"]
+    pipe.add_step(ok)
+    pipe.run()
+    back = load(tmp_path / "log" / "pipeline.p")
+    assert (back.field, back.aperture_radii, back.weather) == (
+        "OGLE-2026-BLG-0034", [3, 5], {"sky": "clear"})
+    assert back.extra_attributes == ["aperture_radii", "field", "weather"]
+
+
+@pytest.mark.parametrize("key", ["run", "steps", "status", "checkpoint", "run_step_idx",
+                                 "extra_attributes", "_warned"])
+def test_extra_keyword_may_not_shadow_the_pipelines_own_names(tmp_path, key):
+    with pytest.raises(TypeError, match=f"keyword '{key}' would shadow"):
+        Pipeline({"log": tmp_path / "log"}, **{key: 1})
+
+
 # -- selection ----------------------------------------------------------------
 
 def tagged(tmp_path):

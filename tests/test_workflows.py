@@ -73,7 +73,6 @@ def test_a_locked_dataset_is_not_reduced(dataset):
 
 
 def test_reduction_pipeline_needs_a_config(tmp_path):
-    (tmp_path / "data").mkdir()
     with pytest.raises(ConfigError, match="reduction_config.yaml"):
         reduction_pipeline(tmp_path)
 
@@ -124,3 +123,50 @@ def test_a_step_called_on_its_own_reads_the_config_and_reports_a_bad_one(tmp_pat
     assert out["status"] == "error" and "'target.RA'" in out["error"]
     assert out["red_dir"] == str(tmp_path)
     assert f"photometry {tmp_path}: " in caplog.text
+
+
+def test_a_reprocessed_frame_is_replaced_remeasured_and_enters_the_rebuilt_light_curve(
+        tmp_path):
+    import numpy as np
+    from astropy.io import fits
+    from astropy.table import Table
+    from astropy.wcs import WCS
+
+    downloads, reduction = tmp_path / "downloads", tmp_path / "reduction"
+    truth = simulate_dataset(downloads, n_frames=6, shape=(256, 256), n_stars=40, seed=7,
+                             compress=False)
+    (red_dir,) = sort_frames(downloads, reduction).sorted
+    configure_dataset(red_dir)
+    assert reduction_pipeline(red_dir).run().status == "success"
+    name = truth.files[3].name
+    stem = name[: -len(".fits")]
+    phot = red_dir / "photometry" / f"{stem}.ecsv"
+    lc_path = next(red_dir.glob("*_lc.ecsv"))
+    before = Table.read(phot, format="ascii.ecsv")
+    lc_before = Table.read(lc_path, format="ascii.ecsv")
+
+    # The archive reprocessed the frame: same name, new bytes (here: more target flux).
+    old_bytes = (red_dir / name).read_bytes()
+    (downloads / name).write_bytes(old_bytes)
+    with fits.open(downloads / name, mode="update") as hdul:
+        image = next(h for h in hdul if h.data is not None)
+        x, y = WCS(image.header).all_world2pix([truth.meta["ra"]], [truth.meta["dec"]], 0)
+        x, y = int(round(x[0])), int(round(y[0]))
+        image.data[y - 2:y + 3, x - 2:x + 3] += 2000.0
+
+    sorted_again = sort_frames(downloads, reduction)
+    assert [p.name for p, _ in sorted_again.replaced] == [name]
+    assert (red_dir / "replaced" / name).read_bytes() == old_bytes   # nothing lost
+    assert not phot.exists()                                          # stale
+
+    pipe = reduction_pipeline(red_dir)
+    pipe.run()
+    assert pipe.status == "success"
+    assert pipe.steps[0].result["n_measured"] == 1 and pipe.steps[0].result["n_skipped"] == 5
+    after = Table.read(phot, format="ascii.ecsv")
+    assert after["flux"][0] > before["flux"][0] + 20000      # the target, star 0, re-measured
+    assert np.allclose(after["flux"][1:], before["flux"][1:], rtol=1e-6, equal_nan=True)
+    lc_after = Table.read(lc_path, format="ascii.ecsv")
+    row_before = lc_before[lc_before["frame"] == name]
+    row_after = lc_after[lc_after["frame"] == name]
+    assert row_after["flux"][0] > row_before["flux"][0] * 1.05

@@ -63,7 +63,7 @@ print(n_frames, "frames, the first is", truth.files[0].name)
     md("""
 ## Sort and configure
 Sorting reads each frame's header and moves it to
-`<reduction>/<target>/<instrument class>/<filter>/data/`. Configuring writes the dataset's
+the top of `<reduction>/<target>/<instrument class>/<filter>/` (the dataset folder). Configuring writes the dataset's
 `reduction_config.yaml` from the headers (the target's name and position); pipekit never
 overwrites it, so edit it freely. The nightly `download_pipeline` runs these same two steps
 after downloading.

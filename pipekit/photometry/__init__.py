@@ -10,7 +10,8 @@ whole dataset folder, one resumable per-frame file at a time).
 from .alignment import centroid_shift
 from .apertures import aperture_sums, circular_overlap
 from .dataset import (REFERENCE_STARS, REJECTED_FRAMES, DatasetPhotometry, load_dataset_config,
-                      measure_dataset, measure_frame_file, write_ecsv)
+                      frame_photometry_path, invalidate_frame, measure_dataset,
+                      measure_frame_file, write_ecsv)
 from .detection import detect_stars
 from .ensemble import Ensemble, normalise_ensemble
 from .flags import (BAD_PIXELS, EDGE, FLAGS, NON_POSITIVE, OFF_FRAME, SATURATED, SKY_POOR,
@@ -25,4 +26,5 @@ __all__ = [
     "measure_frame", "centroid_shift", "detect_stars", "bjd_tdb", "Ensemble",
     "normalise_ensemble", "DatasetPhotometry", "measure_dataset", "measure_frame_file",
     "load_dataset_config", "write_ecsv", "REFERENCE_STARS", "REJECTED_FRAMES",
+    "invalidate_frame", "frame_photometry_path",
 ]

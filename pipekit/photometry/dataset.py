@@ -3,7 +3,8 @@
 Field stars are detected once on a reference frame; each frame is then read, its stars
 placed through its own WCS and measured with `measure_frame`, and its table written to
 ``<red_dir>/photometry/<frame>.ecsv``. Frames that cannot be measured are listed, with
-their reasons, in ``rejected_frames.json``. Every file is written atomically.
+their reasons, in ``rejected_frames.json``. Every file is written atomically;
+`invalidate_frame` marks one frame's photometry stale (a reprocessed frame).
 """
 
 import io
@@ -16,7 +17,8 @@ import numpy as np
 
 from .. import lco
 from ..atomic import write_text_atomic
-from ..errors import FrameError, PipekitError
+from ..datasets import dataset_frames
+from ..errors import ConfigError, FrameError, PipekitError
 from .alignment import centroid_shift
 from .detection import detect_stars
 from .frame import measure_frame
@@ -24,7 +26,8 @@ from .sky import annulus_sky
 from .times import bjd_tdb
 
 __all__ = ["REFERENCE_STARS", "REJECTED_FRAMES", "DatasetPhotometry", "measure_dataset",
-           "measure_frame_file", "load_dataset_config", "write_ecsv"]
+           "measure_frame_file", "load_dataset_config", "write_ecsv", "invalidate_frame",
+           "frame_photometry_path"]
 
 log = logging.getLogger("pipekit.photometry")
 
@@ -42,7 +45,7 @@ class DatasetPhotometry:
     ----------
     red_dir, photometry_dir : Path
     n_frames : int
-        Frames found in ``data/``.
+        Frames found in the dataset (`pipekit.datasets.dataset_frames`).
     measured : list of str
         Frames measured by this call.
     skipped : list of str
@@ -139,10 +142,7 @@ def _reference_stars(frames, phot_dir, config, rejected):
     wanted = config.photometry.reference_frame
     order = list(frames)
     if wanted:
-        order = [f for f in frames if f.name == wanted or lco.frame_stem(f) == wanted]
-        if not order:
-            raise PipekitError(f"{config.source}: photometry.reference_frame {wanted!r} is not "
-                               f"among the frames in {frames[0].parent if frames else '?'}")
+        order = [_reference_frame(frames, config, phot_dir.parent)]
     else:
         # best seeing (BANZAI's L1FWHM) first, the middle frame when headers do not say
         scores = [(_seeing(f) or np.inf, abs(i - len(order) / 2)) for i, f in enumerate(order)]
@@ -211,6 +211,72 @@ def _reference_stars(frames, phot_dir, config, rejected):
                            f"{where}: check target.RA/target.Dec in {config_file}")
     raise PipekitError(f"{phot_dir.parent}: no usable reference frame among {len(frames)} frames "
                        f"(reasons: {rejected})")
+
+
+def _reference_frame(frames, config, red_dir):
+    """The frame ``photometry.reference_image`` names (by file name or stem), or ConfigError."""
+    wanted = config.photometry.reference_frame
+    stem = lco.frame_stem(wanted)
+    for f in frames:  # the seed funpacks: 'x.fits' in its config names pipekit's 'x.fits.fz'
+        if f.name == wanted or lco.frame_stem(f) == stem:
+            return f
+    raise ConfigError(f"{config.source or Path(red_dir) / 'reduction_config.yaml'}: key "
+                      f"'photometry.reference_image' = {wanted!r} names no frame of the dataset "
+                      f"{red_dir} ({len(frames)} frames at its top and in data/); expected the "
+                      "file name of one of its frames, or none to choose automatically")
+
+
+def frame_photometry_path(red_dir, frame_name):
+    """Where a frame's photometry is stored: ``<red_dir>/photometry/<frame stem>.ecsv``.
+
+    Parameters
+    ----------
+    red_dir : str or Path
+        The dataset folder.
+    frame_name : str or Path
+        The frame's file name (or path; only the name counts).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    return Path(red_dir) / "photometry" / (lco.frame_stem(frame_name) + ".ecsv")
+
+
+def invalidate_frame(red_dir, frame_name):
+    """Mark one frame's photometry stale, so the next `measure_dataset` measures it again.
+
+    Used when a frame is replaced by a reprocessed version. The frame's
+    ``photometry/<stem>.ecsv`` is removed (the light curve step rebuilds the light curve
+    from the per-frame files on every run, so the new measurement enters it). The field-star
+    list is kept even when this frame was the reference frame: it holds sky positions,
+    which a reprocessing does not move.
+
+    Parameters
+    ----------
+    red_dir : str or Path
+        The dataset folder.
+    frame_name : str or Path
+        The frame's file name.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The removed photometry file, or None when the frame had none.
+
+    Examples
+    --------
+    >>> invalidate_frame("reduction/OGLE-2024-BLG-0034/sinistro/ip",
+    ...                  "lsc1m005-fa15-20240501-0042-e91.fits.fz")  # doctest: +SKIP
+    """
+    path = frame_photometry_path(red_dir, frame_name)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    log.info("%s: photometry of %s marked stale (%s removed); it is measured again on the "
+             "next reduction", red_dir, Path(frame_name).name, path.name)
+    return path
 
 
 def _target_position(config):
@@ -302,7 +368,8 @@ def measure_dataset(red_dir, config=None):
     Parameters
     ----------
     red_dir : str or Path
-        The dataset folder (``data/`` holds its frames).
+        The dataset folder: frames at its top (and in ``data/`` for a dataset sorted by
+        an earlier pipekit; `pipekit.datasets.dataset_frames`).
     config : pipekit.config.ReductionConfig, optional
         The dataset's config, already loaded (`pipekit.config.load_reduction_config`);
         None loads ``<red_dir>/reduction_config.yaml``.
@@ -316,18 +383,22 @@ def measure_dataset(red_dir, config=None):
     PipekitError
         When no frame can serve as the reference frame; when the target falls
         outside every frame, the message says so and names the config to check.
+    ConfigError
+        When ``photometry.reference_image`` names no frame of the dataset.
     """
 
     red_dir = Path(red_dir)
     config = load_dataset_config(red_dir, config)
     phot_dir = red_dir / "photometry"
     phot_dir.mkdir(parents=True, exist_ok=True)
-    frames = lco.list_frames(red_dir / "data")
+    frames = dataset_frames(red_dir, log_layout=True)
     result = DatasetPhotometry(red_dir=red_dir, photometry_dir=phot_dir, n_frames=len(frames))
     if not frames:
-        log.warning("%s: no frames in %s", red_dir, red_dir / "data")
+        log.warning("%s: no frames (none at its top, none in data/)", red_dir)
         _write_rejected(phot_dir, {})
         return result
+    if config.photometry.reference_frame:
+        _reference_frame(frames, config, red_dir)  # a wrong name fails even on a resumed run
     rejected = {}
     by_stem = {}
     for f in frames:  # x.fits and x.fits.fz are one exposure: measure it once
@@ -339,7 +410,7 @@ def measure_dataset(red_dir, config=None):
     frames = list(by_stem.values())
     todo = []
     for f in frames:
-        if (phot_dir / (lco.frame_stem(f) + ".ecsv")).exists():
+        if frame_photometry_path(red_dir, f).exists():
             result.skipped.append(f.name)
         else:
             todo.append(f)
@@ -365,7 +436,7 @@ def measure_dataset(red_dir, config=None):
                 rejected[f.name] = f"{f}: unexpected {type(exc).__name__} while measuring: {exc}"
                 log.exception("rejected %s", f.name)
             else:
-                write_ecsv(table, phot_dir / (lco.frame_stem(f) + ".ecsv"))
+                write_ecsv(table, frame_photometry_path(red_dir, f))
                 rejected.pop(f.name, None)
                 result.measured.append(f.name)
     elif (phot_dir / REFERENCE_STARS).exists():

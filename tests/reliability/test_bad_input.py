@@ -172,7 +172,7 @@ def test_no_input_frame_is_lost_or_changed(corpus):
 
 def test_empty_dataset_fails_photometry_clearly_and_touches_nothing(tmp_path):
     red_dir = tmp_path / "reduction" / "T1" / "sinistro" / "ip"
-    (red_dir / "data").mkdir(parents=True)
+    red_dir.mkdir(parents=True)
     (red_dir / "reduction_config.yaml").write_text("target: {name: T1, RA: 10.0, Dec: -5.0}\n")
     pipe = reduction_pipeline(red_dir)
     with pytest.raises(PipelineError) as err:
@@ -180,7 +180,7 @@ def test_empty_dataset_fails_photometry_clearly_and_touches_nothing(tmp_path):
     message = str(err.value)
     assert "photometry" in message and str(red_dir) in message and "no frame" in message
     assert pipe.step("lightcurve").status == "not run"
-    assert sorted(p.name for p in red_dir.iterdir()) == ["data", "logs", "photometry",
+    assert sorted(p.name for p in red_dir.iterdir()) == ["logs", "photometry",
                                                          "reduction_config.yaml"]
 
 
@@ -285,4 +285,4 @@ def test_archive_record_with_a_path_traversal_name_is_refused_and_the_rest_downl
     assert name == evil and "leave the download folder" in reason, result["refused"]
     assert not list(tmp_path.rglob("pwned*"))
     assert pipe.step("sort").result["n_sorted"] == 3
-    assert len(list((root / "reduction").glob("*/*/*/data/*.fits.fz"))) == 3
+    assert len(list((root / "reduction").glob("*/*/*/*.fits.fz"))) == 3

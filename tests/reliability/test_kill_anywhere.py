@@ -28,7 +28,7 @@ SEED = 20261122
 def _saved_frames(root):
     """File names of frames saved under their final names (downloads or datasets)."""
     names = set()
-    for folder in [root / "downloads", *(root / "reduction").glob("*/*/*/data")]:
+    for folder in [root / "downloads", *(root / "reduction").glob("*/*/*")]:
         if folder.is_dir():
             names |= {p.name for p in folder.iterdir()
                       if p.name.endswith((".fits", ".fits.fz")) and not p.name.startswith(TMP_PREFIX)}

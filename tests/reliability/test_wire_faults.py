@@ -45,7 +45,7 @@ def _download(root, server):
 
 
 def _frames(root):
-    return sorted(p.name for p in (root / "reduction").glob("*/*/*/data/*.fits*"))
+    return sorted(p.name for p in (root / "reduction").glob("*/*/*/*.fits*"))
 
 
 @pytest.mark.timeout(120)
