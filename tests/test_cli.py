@@ -103,7 +103,7 @@ def test_manage_runs_on_a_dask_scheduler_given_by_address(tmp_path, capsys):
                       "instrument_list: [sinistro]\ndataset_selection:\n  group: all\n"
                       "max_parallel: 2\n")
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         code = main(["manage", str(config), "--scheduler", cluster.scheduler_address,
                      "--no-progress"])
     out = capsys.readouterr().out

@@ -83,7 +83,7 @@ def test_six_pipelines_on_dask_local_cluster_one_broken_five_succeed(tmp_path):
     distributed = pytest.importorskip("distributed")
     pipes, out = _make_pipelines(tmp_path)
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+                                  dashboard_address=":0", host="127.0.0.1") as cluster, \
             distributed.Client(cluster) as client:
         mgr = Manager(pipes, executor=client, progress=False)
         summary = mgr.run()
@@ -101,7 +101,7 @@ def test_dask_retry_after_a_worker_death_resumes_instead_of_restarting(tmp_path)
     pipe.add_step(steps.die_once, marker=str(tmp_path / "died"))
     pipe.add_step(steps.write_marker, out_dir=str(tmp_path), label="last")
     with distributed.LocalCluster(n_workers=1, processes=True, threads_per_worker=1,
-                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+                                  dashboard_address=":0", host="127.0.0.1") as cluster, \
             distributed.Client(cluster) as client:
         summary = Manager([pipe], executor=client, progress=False).run()
     assert summary.ok, summary
