@@ -8,21 +8,17 @@ one line on stderr; ``-v`` shows the library's log on stderr as it runs.
 """
 
 import argparse
-import errno
 import logging
 import sys
 from pathlib import Path
 
-from .errors import LockError, PipekitError, PipelineError
+from .errors import LockError, PipekitError, PipelineError, describe_os_error
 from .signals import exit_status, interrupts_raise
 
 __all__ = ["main"]
 
 TEMPLATES = ("data_download.yaml", "reduction_config.yaml", "reduction_manager_config.yaml",
              "tom_config.yaml")
-
-
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 class UsageError(Exception):
@@ -245,25 +241,6 @@ def main(argv=None):
     except KeyboardInterrupt as exc:
         print(f"pipekit {args.command}: stopped by {_signal_name(exc)}", file=sys.stderr)
         return exit_status(exc)
-
-
-def describe_os_error(err):
-    """One line for an OSError: the path, then the cause (``No space left on device``).
-
-    Parameters
-    ----------
-    err : OSError
-
-    Returns
-    -------
-    str
-    """
-    cause = err.strerror or str(err) or type(err).__name__
-    if err.filename is not None:
-        target = f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename
-        return f"cannot write {target}: {cause}" if err.errno in _WRITE_ERRNOS \
-            else f"{target}: {cause}"
-    return _one_line(err)
 
 
 def _one_line(err):

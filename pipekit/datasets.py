@@ -484,6 +484,9 @@ def select_datasets(reduction_dir, selection=None, instrument_list=None, now=Non
             elif red_dir not in known:
                 log.warning("%s: %s is not a dataset under %s; skipped", listing, entry,
                             reduction_dir)
+        if not chosen:
+            log.warning("%s: the dataset list selects no dataset under %s", listing,
+                        reduction_dir)
     else:
         chosen = list_datasets(reduction_dir)
         if group == "date":

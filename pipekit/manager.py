@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .signals import StopWorkers, exit_status
 from .summary import Summary
 from .worker import run_checkpoint
-from .errors import ConfigError, LockError, PipelineError
+from .errors import ConfigError, LockError, PipelineError, describe_os_error
 from .lco import slug
 from .locks import DatasetLock
 from .pipeline import Pipeline, load
@@ -149,18 +149,28 @@ class Manager:
         red_dirs = select_datasets(config.data_reduction_dir, config.dataset_selection,
                                    config.instrument_list)
         pipelines, not_run = [], []
+        selection = config.dataset_selection
+        if not red_dirs and getattr(selection, "group", None) == "file":
+            reason = (f"the dataset list {selection.file} (dataset_selection.file) selects no "
+                      f"dataset under {config.data_reduction_dir}")
+            not_run.append(_row(str(selection.file), "error", reason))
+            log.warning("%s", reason)
         for red_dir in red_dirs:
             name = dataset_name(red_dir)
-            holder = read_lock(red_dir)
-            if holder is not None and not is_stale(holder):
-                not_run.append(_row(name, "skipped", f"locked by {holder.describe()}", red_dir))
-                log.warning("dataset %s skipped: locked by %s", red_dir, holder.describe())
-                continue
+            # One dataset that cannot be read, locked, written or configured is one
+            # error row; the others run.
             try:
+                holder = read_lock(red_dir)
+                if holder is not None and not is_stale(holder):
+                    not_run.append(_row(name, "skipped", f"locked by {holder.describe()}",
+                                        red_dir))
+                    log.warning("dataset %s skipped: locked by %s", red_dir, holder.describe())
+                    continue
                 pipelines.append(reduction_pipeline(red_dir))
-            except ConfigError as err:
-                not_run.append(_row(name, "error", str(err), red_dir))
-                log.error("dataset %s not run: %s", red_dir, err)
+            except (ConfigError, LockError, OSError, UnicodeError) as err:
+                reason = one_line_reason(err, Path(red_dir) / "reduction_config.yaml")
+                not_run.append(_row(name, "error", reason, red_dir))
+                log.error("dataset %s not run: %s", red_dir, reason)
         log.info("manager config %s: %d datasets to reduce, %d not run", path, len(pipelines),
                  len(not_run))
         kwargs.setdefault("max_parallel", config.max_parallel)
@@ -279,6 +289,10 @@ class Manager:
             except LockError as err:
                 self._rows[i] = _row(pipe, "skipped", error=str(err))
                 log.warning("pipeline %s skipped: %s", pipe.name, err)
+                continue
+            except OSError as err:  # a read-only dataset, a colleague's folder, a full disk
+                self._rows[i] = _row(pipe, "error", error=one_line_reason(err))
+                log.error("pipeline %s not run: %s", pipe.name, self._rows[i]["error"])
                 continue
             if path is None:
                 self._rows[i] = _row(pipe, "error", error="cannot be sent to a worker: "
@@ -507,6 +521,30 @@ def _row(pipe, status, error=None, red_dir=None):
            "checkpoint": str(pipe.checkpoint_path) if getattr(pipe, "checkpoint_path", None)
            else None, "host": None, "pid": None}
     return row if red_dir is None else {**row, "red_dir": str(red_dir)}
+
+
+def one_line_reason(err, path=None):
+    """The reason a dataset could not be run, in one line: the cause, then the path.
+
+    Parameters
+    ----------
+    err : Exception
+    path : path-like, optional
+        The file being read, for errors that do not name it (a decoding error).
+
+    Returns
+    -------
+    str
+    """
+    if isinstance(err, OSError) and err.filename is not None:
+        # The cause first: the summary table cuts long cells.
+        where = Path(os.fsdecode(err.filename))
+        return f"{err.strerror or type(err).__name__}: {where.name} in {where.parent}"
+    if isinstance(err, OSError):
+        return describe_os_error(err)
+    if isinstance(err, UnicodeDecodeError) and path is not None:
+        return f"{Path(path).name} is not UTF-8 (byte {err.start}) in {Path(path).parent}"
+    return " ".join(str(err).split())
 
 
 def _write_checkpoint(pipe):
