@@ -311,8 +311,9 @@ class DatasetLock:
                 if info is None:
                     continue  # released between our open and our read
                 if not is_stale(info, self.grace, lease=self.lease):
+                    what = "dataset" if self.name == LOCK_NAME else "folder"
                     raise LockError(
-                        f"dataset {self.red_dir} is locked by {info.describe()}; lock file "
+                        f"{what} {self.red_dir} is locked by {info.describe()}; lock file "
                         f"{self.path}. If that process is gone (e.g. its host crashed), "
                         f"remove the file or call pipekit.locks.break_lock().") from None
                 self._take_over(info, raw)

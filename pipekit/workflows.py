@@ -10,16 +10,51 @@ from pathlib import Path
 
 from . import steps
 from .config import CONFIG_NAME, load_download_config, load_reduction_config
-from .errors import ConfigError
+from .errors import ConfigError, LockError
 from .locks import DatasetLock
 from .pipeline import Pipeline
 
 log = logging.getLogger("pipekit.workflows")
 
-__all__ = ["download_pipeline", "reduction_pipeline", "DatasetPipeline", "dataset_name"]
+__all__ = ["download_pipeline", "reduction_pipeline", "DatasetPipeline", "DownloadPipeline",
+           "dataset_name", "DOWNLOAD_LOCK_NAME"]
 
 #: Network steps retry this many times (with backoff) before they fail.
 NETWORK_RETRIES = 2
+
+
+#: The download pipeline's lock file, in its log folder.
+DOWNLOAD_LOCK_NAME = "download.lock"
+
+
+class DownloadPipeline(Pipeline):
+    """The download pipeline: one run at a time per config, across processes and hosts.
+
+    Every run holds ``<log_dir>/download.lock`` (a `~pipekit.locks.DatasetLock`
+    with its lease): a second run on the same config — an overlapping nightly
+    cron job — stops at once with `LockError` naming the running one, before
+    it downloads anything, so no frame is fetched twice and the frame list
+    never gets duplicate lines.
+
+    Raises
+    ------
+    LockError
+        From :meth:`run`, when another live run holds the lock.
+    """
+
+    def run(self, *args, **kwargs):
+        """Run as :meth:`Pipeline.run` does, holding the download lock."""
+        folder = self.paths["log"]
+        lock = DatasetLock(folder, pipeline_name=self.name, name=DOWNLOAD_LOCK_NAME)
+        try:
+            lock.acquire()
+        except LockError as exc:
+            raise LockError(f"another download with this config is running; this one stops "
+                            f"without downloading: {exc}") from None
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            lock.release()
 
 
 class DatasetPipeline(Pipeline):
@@ -88,8 +123,9 @@ def download_pipeline(config_path):
 
     Returns
     -------
-    Pipeline
-        Steps tagged ``download``, ``sort`` and ``configure``.
+    DownloadPipeline
+        Steps tagged ``download``, ``sort`` and ``configure``; every run holds
+        ``<log_dir>/download.lock``, so two runs on one config never overlap.
 
     Raises
     ------
@@ -103,7 +139,7 @@ def download_pipeline(config_path):
     """
     config_path = Path(config_path).resolve()
     config = load_download_config(config_path)
-    pipe = Pipeline(paths={"log": config.log_dir}, name="download")
+    pipe = DownloadPipeline(paths={"log": config.log_dir}, name="download")
     pipe.add_step(steps.download, tags=["download"], retries=NETWORK_RETRIES,
                   config_path=str(config_path))
     pipe.add_step(steps.sort, tags=["sort"], download_dir=str(config.data_download_dir),
