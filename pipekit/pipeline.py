@@ -432,6 +432,10 @@ class Pipeline:
                 f"{CHECKPOINT_FORMAT}; resume it with the pipekit version that wrote it")
         self.__dict__.update(state)
 
+    def _loaded_from(self, path):
+        """Called by `load` with the checkpoint's path; subclasses that own a folder
+        check that the checkpoint still lives in it (see `DatasetPipeline`)."""
+
     @classmethod
     def load(cls, path):
         """Load a pipeline from its checkpoint (see :func:`load`)."""
@@ -530,5 +534,6 @@ def load(path):
                             f"({type(err).__name__}: {err})") from err
     if not isinstance(pipe, Pipeline):
         raise PipelineError(f"{path} holds a {type(pipe).__name__}, not a pipekit Pipeline")
+    pipe._loaded_from(path)
     return pipe
 

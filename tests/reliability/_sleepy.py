@@ -1,8 +1,9 @@
-"""Reduction steps that sleep, for the signal tests (imported by the CLI and its workers).
+"""Reduction steps that sleep, for the signal tests (used by the CLI and its workers).
 
-Importing this module replaces the reduction steps of `pipekit.steps` with these, so
+`install` replaces the reduction steps of `pipekit.steps` with these, so
 ``reduction_pipeline`` builds pipelines whose photometry sleeps ``$PIPEKIT_TEST_SLEEP``
-seconds. The functions live here, importable by name, so pool workers load them.
+seconds (and fails while ``<red_dir>/fail`` exists). The functions live here,
+importable by name, so pool workers load them.
 """
 
 import os
@@ -13,7 +14,9 @@ from pipekit import steps
 
 
 def sleepy_photometry(red_dir, pipeline=None):
-    """Write ``started.<pid>``, sleep, write ``photometry.done``."""
+    """Write ``started.<pid>``, sleep, write ``photometry.done`` (fail while ``fail`` exists)."""
+    if Path(red_dir, "fail").exists():
+        return {"status": "error", "error": f"{red_dir}/fail exists"}
     Path(red_dir, f"started.{os.getpid()}").write_text(str(os.getpid()))
     time.sleep(float(os.environ.get("PIPEKIT_TEST_SLEEP", "0")))
     Path(red_dir, "photometry.done").write_text("done")
@@ -25,6 +28,9 @@ def quick(red_dir, pipeline=None):
     return {"status": "success"}
 
 
-steps.photometry = sleepy_photometry
-steps.lightcurve = quick
-steps.upload = quick
+def install(patch=None):
+    """Make `pipekit.steps` use these steps (``patch``: a pytest monkeypatch, undone after)."""
+    setattr_ = patch.setattr if patch is not None else setattr
+    setattr_(steps, "photometry", sleepy_photometry)
+    setattr_(steps, "lightcurve", quick)
+    setattr_(steps, "upload", quick)

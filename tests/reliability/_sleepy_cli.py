@@ -2,9 +2,10 @@
 
 import sys
 
-import _sleepy  # noqa: F401 - importing it replaces the reduction steps
+import _sleepy
 
 from pipekit.cli import main
 
 if __name__ == "__main__":
+    _sleepy.install()
     sys.exit(main(sys.argv[1:]))
