@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .atomic import link_or_copy_new
 from .config import CONFIG_NAME, write_reduction_config
-from .errors import ConfigError, FrameError
+from .errors import ConfigError, FrameError, describe_os_error
 from .frames import CALIBRATION_OBSTYPES, read_frame_info
 from .locks import is_locked
 from .lco import LCO_FILENAME_RE, frame_stem, frame_suffix, list_frames, slug
@@ -231,9 +231,10 @@ def sort_frames(download_dir, reduction_dir, frame_paths=None):
         try:
             _sort_one(src, reduction_dir, result, locked)
         except Exception as exc:  # one bad frame never stops the sort
-            log.error("%s: could not be sorted, left in place (%s: %s)", src,
-                      type(exc).__name__, exc)
-            result.failed.append((src, f"{type(exc).__name__}: {exc}"))
+            reason = (describe_os_error(exc) if isinstance(exc, OSError)
+                      else f"{type(exc).__name__}: {exc}")
+            log.error("%s: could not be sorted, left in place (%s)", src, reason)
+            result.failed.append((src, reason))
     log.info("sorted %d frame(s) into %d dataset(s) (%d new); %d set aside; %d left for "
              "later (locked); %d failed", result.n_sorted, len(result.sorted),
              len(result.new_datasets), result.n_set_aside, len(result.left_for_later),

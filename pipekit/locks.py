@@ -321,10 +321,12 @@ class DatasetLock:
             try:
                 os.write(fd, content)
                 os.fsync(fd)
-            except BaseException:
+            except BaseException as err:
                 os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
+                if isinstance(err, OSError) and err.filename is None:  # a full disk: name it
+                    raise OSError(err.errno, err.strerror or str(err), str(self.path)) from None
                 raise
             os.close(fd)
             self._token = token

@@ -372,7 +372,13 @@ class Pipeline:
                 log.warning("checkpoint %s not updated: %s", path, self.checkpoint_error)
             return None
         self.checkpoint_error = None
-        write_bytes_atomic(path, blob)
+        try:
+            write_bytes_atomic(path, blob)
+        except OSError as err:
+            if err.filename is not None:
+                raise
+            # A full disk: the error must name the file (one line: path and cause).
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
         self._checkpoint_size = len(blob)
         return path
 
