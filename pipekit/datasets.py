@@ -12,20 +12,23 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from .atomic import link_or_copy_new
+from .atomic import link_or_copy_new, write_text_new
 from .config import CONFIG_NAME, write_reduction_config
 from .errors import ConfigError, FrameError, describe_os_error
 from .frames import CALIBRATION_OBSTYPES, read_frame_info
 from .locks import is_locked
-from .lco import LCO_FILENAME_RE, frame_stem, frame_suffix, list_frames, slug
+from .lco import LCO_FILENAME_RE, distinct_slug, frame_stem, frame_suffix, list_frames, slug
 
 __all__ = [
-    "SortResult", "safe_name", "dataset_dir", "sort_frames", "configure_dataset",
+    "SortResult", "safe_name", "dataset_dir", "target_folder", "TARGET_NAME_FILE", "sort_frames", "configure_dataset",
     "list_datasets", "select_datasets", "frame_day", "frame_files", "is_dataset_locked",
     "SET_ASIDE_DIR", "CONFIG_NAME",
 ]
 
 log = logging.getLogger("pipekit.datasets")
+
+#: File in a target's folder naming the target that owns it (see `target_folder`).
+TARGET_NAME_FILE = ".target_name"
 
 #: Folder (inside the reduction folder) for frames sort could not place.
 SET_ASIDE_DIR = "_set_aside"
@@ -97,7 +100,46 @@ def dataset_dir(reduction_dir, info):
     if missing:
         raise FrameError(f"{info.path or info.filename}: cannot place in a dataset, header lacks "
                          f"{', '.join(missing)}")
-    return Path(reduction_dir) / slug(info.target) / info.instrument_class / slug(info.filter)
+    return target_folder(reduction_dir, info.target) / info.instrument_class / slug(info.filter)
+
+
+def target_folder(reduction_dir, target):
+    """The folder of target ``target`` in ``reduction_dir``; distinct targets never share one.
+
+    The folder is ``slug(target)`` (`pipekit.lco.slug`), which records the name
+    that owns it in ``.target_name``. Another name with the same slug (``T 1``,
+    ``T/1``, ``T?1`` all give ``T_1``) gets ``<slug>-<hash of its name>``
+    (`pipekit.lco.distinct_slug`): the first one sorted keeps the plain folder. A
+    folder from before this rule (no ``.target_name``) is claimed by the first
+    target that maps to it.
+
+    Parameters
+    ----------
+    reduction_dir : str or os.PathLike
+    target : str
+
+    Returns
+    -------
+    pathlib.Path
+        The folder (created, with its ``.target_name``, when it is claimed).
+    """
+    folder = Path(reduction_dir) / slug(target)
+    owner = _folder_owner(folder)
+    if owner is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            write_text_new(folder / TARGET_NAME_FILE, str(target))
+            owner = str(target)
+        except FileExistsError:  # claimed meanwhile by another sort
+            owner = _folder_owner(folder)
+    return Path(reduction_dir) / distinct_slug(target, owner)
+
+
+def _folder_owner(folder):
+    try:
+        return (folder / TARGET_NAME_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
 
 def is_dataset_locked(red_dir):
