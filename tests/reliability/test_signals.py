@@ -136,3 +136,16 @@ def test_sigterm_to_manage_stops_workers_promptly_and_a_later_run_finishes(tmp_p
     for red_dir in red_dirs:
         assert (red_dir / "photometry.done").exists()
         assert load(red_dir / "logs" / "pipeline.p").status == "success"
+
+
+@pytest.mark.timeout(120)
+def test_sigint_to_reduce_exits_130(tmp_path):
+    (red_dir,) = make_datasets(tmp_path, 1)
+    proc = start(["reduce", red_dir], tmp_path, 60)
+    wait_for(lambda: list(red_dir.glob("started.*")), 60, "the step to start")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "SIGINT" in err and "pipekit resume" in err
+    assert not (red_dir / "dataset.lock").exists()
+    assert load(red_dir / "logs" / "pipeline.p").status == "interrupted"
