@@ -208,6 +208,12 @@ class Pipeline:
             A step returned status ``"error"`` or raised, and its flags did
             not say to go on. The checkpoint then has ``run_step_idx`` on the
             failed step, so ``run(resume=True)`` retries it.
+        KeyboardInterrupt
+            Ctrl-C, or SIGTERM as `pipekit.signals.Terminated` (while the run
+            is in the main thread, SIGTERM is handled like SIGINT; the previous
+            handler is restored after). The running step is recorded
+            ``"interrupted"`` and the checkpoint written, so
+            ``run(resume=True)`` retries it.
         """
         if resume and self.run_steps:
             idx = self.run_step_idx if start_idx is None else start_idx

@@ -76,6 +76,14 @@ class DatasetPipeline(Pipeline):
     **kwargs
         Passed to :class:`~pipekit.pipeline.Pipeline`.
 
+    Attributes
+    ----------
+    misplaced : str or None
+        Set by `pipekit.pipeline.load` when the checkpoint was loaded from a
+        folder that is no dataset's ``logs/``: why :meth:`run` refuses. A
+        checkpoint loaded from another dataset's ``logs/`` (a copied dataset) is
+        rebased to that dataset instead (:meth:`rebase`).
+
     Raises
     ------
     LockError
