@@ -7,6 +7,7 @@ importable by name, so pool workers load them.
 """
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ def sleepy_photometry(red_dir, pipeline=None):
     """Write ``started.<pid>``, sleep, write ``photometry.done`` (fail while ``fail`` exists)."""
     if Path(red_dir, "fail").exists():
         return {"status": "error", "error": f"{red_dir}/fail exists"}
+    if os.environ.get("PIPEKIT_TEST_IGNORE_TERM"):  # a stubborn step: only SIGKILL stops it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     Path(red_dir, f"started.{os.getpid()}").write_text(str(os.getpid()))
     time.sleep(float(os.environ.get("PIPEKIT_TEST_SLEEP", "0")))
     Path(red_dir, "photometry.done").write_text("done")

@@ -149,3 +149,49 @@ def test_sigint_to_reduce_exits_130(tmp_path):
     assert "SIGINT" in err and "pipekit resume" in err
     assert not (red_dir / "dataset.lock").exists()
     assert load(red_dir / "logs" / "pipeline.p").status == "interrupted"
+
+
+def _send_sigterm_to_self():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the signal arrives first
+    return {"status": "success"}
+
+
+def test_pipeline_run_turns_sigterm_into_terminated_and_restores_the_handler(tmp_path):
+    from pipekit import Pipeline
+    from pipekit.signals import Terminated
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert before == signal.SIG_DFL  # pytest leaves SIGTERM at its default
+    pipe = Pipeline(paths={"log": tmp_path / "logs"}, name="p")
+    pipe.add_step(_send_sigterm_to_self, tags=["x"])
+    with pytest.raises(Terminated):
+        pipe.run()
+    assert signal.getsignal(signal.SIGTERM) == before
+    saved = load(tmp_path / "logs" / "pipeline.p")
+    assert saved.status == "interrupted" and saved.steps[0].status == "interrupted"
+
+
+@pytest.mark.timeout(180)
+def test_a_second_sigterm_stops_manage_at_once_even_with_stubborn_workers(tmp_path):
+    red_dirs = make_datasets(tmp_path, 2)
+    config = _chain.write_manager_config(tmp_path, max_parallel=2)
+    env = sleepy_env(120)
+    env["PIPEKIT_TEST_IGNORE_TERM"] = "1"
+    proc = subprocess.Popen([sys.executable, str(CLI), "manage", str(config), "--no-progress"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: all(list(d.glob("started.*")) for d in red_dirs), 120, "both to start")
+    workers = descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert proc.poll() is None  # waiting for its workers, which ignore SIGTERM
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 5, "the second signal did not stop at once"
+    assert proc.returncode == 143, err
+    time.sleep(0.5)
+    assert not [pid for pid in workers if alive(pid)], "worker processes left behind"
+    for red_dir in red_dirs:
+        assert load(red_dir / "logs" / "pipeline.p").status == "interrupted"
