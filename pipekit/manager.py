@@ -25,7 +25,7 @@ from .worker import run_checkpoint
 from .errors import ConfigError, LockError, PipelineError, describe_os_error
 from .lco import slug
 from .locks import DatasetLock
-from .pipeline import Pipeline, load
+from .pipeline import LogFile, Pipeline, load
 
 __all__ = ["Manager", "Summary", "run_checkpoint"]
 
@@ -252,7 +252,7 @@ class Manager:
         if self.log_dir is None:
             return None, None
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.log_dir / "manager.log", encoding="utf-8")
+        handler = LogFile(self.log_dir / "manager.log", encoding="utf-8")  # one line if full
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
         old_level = log.level
