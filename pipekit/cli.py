@@ -1,8 +1,10 @@
 """The ``pipekit`` command: set up, download, reduce, manage, inspect, resume, demo.
 
-Exit codes: 0 success, 1 a pipeline failed (or a dataset was locked), 2 a
-usage or configuration error. Errors are one line on stderr; ``-v`` shows the
-library's log on stderr as it runs.
+Exit codes: 0 success, 1 a pipeline failed (or a dataset was locked, or a file
+could not be written), 2 a usage or configuration error, 130 stopped by SIGINT
+(Ctrl-C), 143 stopped by SIGTERM (``kill``, Slurm at walltime) — the running
+step is then recorded "interrupted" and one line says how to resume. Errors are
+one line on stderr; ``-v`` shows the library's log on stderr as it runs.
 """
 
 import argparse
@@ -10,7 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import LockError, PipekitError, PipelineError
+from .errors import LockError, PipekitError, PipelineError, describe_os_error
+from .signals import exit_status, interrupts_raise
 
 __all__ = ["main"]
 
@@ -46,15 +49,27 @@ def cmd_init(args):
     return 0
 
 
-def _run(pipe, args):
-    tags = args.tags or None
+def _run(pipe, args, **run_kwargs):
     try:
-        pipe.run(run_tags=tags, resume=args.resume)
-    finally:
+        pipe.run(**run_kwargs)
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM as pipekit.signals.Terminated
         _say(repr(pipe))
-        if pipe.checkpoint_path:
-            _say(f"checkpoint: {pipe.checkpoint_path}")
+        where = pipe.checkpoint_path or "CHECKPOINT"
+        print(f"pipekit {args.command}: stopped by {_signal_name(exc)}; resume with "
+              f"`pipekit resume {where}`", file=sys.stderr, flush=True)
+        return exit_status(exc)
+    except BaseException:
+        _say(repr(pipe))
+        raise
+    _say(repr(pipe))
+    if pipe.checkpoint_path:
+        _say(f"checkpoint: {pipe.checkpoint_path}")
     return 0 if pipe.status == "success" else 1
+
+
+def _signal_name(exc):
+    return "SIGTERM" if exit_status(exc) == 143 else "SIGINT" if exit_status(exc) == 130 \
+        else f"signal {exit_status(exc) - 128}"
 
 
 def _resume_or_build(build, checkpoint, args):
@@ -68,7 +83,7 @@ def cmd_download(args):
     from .workflows import download_pipeline
     pipe = download_pipeline(args.config)  # validates the config once; knows its checkpoint
     pipe = _resume_or_build(lambda: pipe, pipe.checkpoint_path, args)
-    return _run(pipe, args)
+    return _run(pipe, args, run_tags=args.tags or None, resume=args.resume)
 
 
 def cmd_reduce(args):
@@ -78,7 +93,7 @@ def cmd_reduce(args):
         raise UsageError(f"{red_dir} is not a dataset folder")
     pipe = _resume_or_build(lambda: reduction_pipeline(red_dir),
                             red_dir / "logs" / "pipeline.p", args)
-    return _run(pipe, args)
+    return _run(pipe, args, run_tags=args.tags or None, resume=args.resume)
 
 
 def cmd_manage(args):
@@ -94,9 +109,17 @@ def cmd_manage(args):
             raise UsageError("--scheduler needs Dask: pip install 'pipekit[dask]'") from err
         client = Client(args.scheduler)
         kwargs["executor"] = client
+    manager = None
     try:
         manager = Manager.from_config(args.config, **kwargs)
         summary = manager.run()
+    except KeyboardInterrupt as exc:  # passed on to the workers, which checkpointed
+        if manager is not None and manager.summary is not None:
+            _say(repr(manager.summary))
+        print(f"pipekit manage: stopped by {_signal_name(exc)}; run `pipekit manage "
+              f"{args.config}` again to finish the interrupted datasets", file=sys.stderr,
+              flush=True)
+        return exit_status(exc)
     finally:
         if client is not None:
             client.close()
@@ -135,11 +158,7 @@ def cmd_status(args):
 def cmd_resume(args):
     from .pipeline import load
     pipe = load(_checkpoint_of(args.path))
-    try:
-        pipe.run(resume=True)
-    finally:
-        _say(repr(pipe))
-    return 0 if pipe.status == "success" else 1
+    return _run(pipe, args, resume=True)
 
 
 def cmd_demo(args):
@@ -205,7 +224,8 @@ def main(argv=None):
         logging.getLogger("pipekit").addHandler(handler)
         logging.getLogger("pipekit").setLevel(logging.INFO)
     try:
-        return args.func(args)
+        with interrupts_raise():  # SIGTERM stops a command as Ctrl-C does
+            return args.func(args)
     except UsageError as err:
         print(f"pipekit {args.command}: {err}", file=sys.stderr)
         return 2
@@ -215,10 +235,12 @@ def main(argv=None):
     except PipekitError as err:  # configuration, frames, archive, TOM
         print(f"pipekit {args.command}: {_one_line(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"pipekit {args.command}: interrupted; resume with `pipekit resume`",
-              file=sys.stderr)
+    except OSError as err:  # a full disk, a read-only folder: the path and the cause
+        print(f"pipekit {args.command}: {describe_os_error(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        print(f"pipekit {args.command}: stopped by {_signal_name(exc)}", file=sys.stderr)
+        return exit_status(exc)
 
 
 def _one_line(err):

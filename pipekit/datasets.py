@@ -15,21 +15,24 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from .atomic import TMP_PREFIX, fsync_dir, link_or_copy_new
+from .atomic import TMP_PREFIX, fsync_dir, link_or_copy_new, write_text_new
 from .config import CONFIG_NAME, write_reduction_config
-from .errors import ConfigError, FrameError
+from .errors import ConfigError, FrameError, describe_os_error
 from .frames import CALIBRATION_OBSTYPES, read_frame_info
 from .locks import is_locked
-from .lco import (LCO_FILENAME_RE, format_dec, format_ra, frame_stem, frame_suffix,
-                  list_frames, slug)
+from .lco import (LCO_FILENAME_RE, distinct_slug, format_dec, format_ra, frame_stem,
+                  frame_suffix, list_frames, slug)
 
 __all__ = [
-    "SortResult", "safe_name", "dataset_dir", "sort_frames", "configure_dataset",
+    "SortResult", "safe_name", "dataset_dir", "target_folder", "TARGET_NAME_FILE", "sort_frames", "configure_dataset",
     "list_datasets", "select_datasets", "frame_day", "frame_files", "is_dataset_locked",
     "dataset_frames", "SET_ASIDE_DIR", "CONFIG_NAME", "LEGACY_FRAME_DIR", "REPLACED_DIR",
 ]
 
 log = logging.getLogger("pipekit.datasets")
+
+#: File in a target's folder naming the target that owns it (see `target_folder`).
+TARGET_NAME_FILE = ".target_name"
 
 #: Folder (inside the reduction folder) for frames sort could not place.
 SET_ASIDE_DIR = "_set_aside"
@@ -116,7 +119,46 @@ def dataset_dir(reduction_dir, info):
     if missing:
         raise FrameError(f"{info.path or info.filename}: cannot place in a dataset, header lacks "
                          f"{', '.join(missing)}")
-    return Path(reduction_dir) / slug(info.target) / info.instrument_class / slug(info.filter)
+    return target_folder(reduction_dir, info.target) / info.instrument_class / slug(info.filter)
+
+
+def target_folder(reduction_dir, target):
+    """The folder of target ``target`` in ``reduction_dir``; distinct targets never share one.
+
+    The folder is ``slug(target)`` (`pipekit.lco.slug`), which records the name
+    that owns it in ``.target_name``. Another name with the same slug (``T 1``,
+    ``T/1``, ``T?1`` all give ``T_1``) gets ``<slug>-<hash of its name>``
+    (`pipekit.lco.distinct_slug`): the first one sorted keeps the plain folder. A
+    folder from before this rule (no ``.target_name``) is claimed by the first
+    target that maps to it.
+
+    Parameters
+    ----------
+    reduction_dir : str or os.PathLike
+    target : str
+
+    Returns
+    -------
+    pathlib.Path
+        The folder (created, with its ``.target_name``, when it is claimed).
+    """
+    folder = Path(reduction_dir) / slug(target)
+    owner = _folder_owner(folder)
+    if owner is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            write_text_new(folder / TARGET_NAME_FILE, str(target))
+            owner = str(target)
+        except FileExistsError:  # claimed meanwhile by another sort
+            owner = _folder_owner(folder)
+    return Path(reduction_dir) / distinct_slug(target, owner)
+
+
+def _folder_owner(folder):
+    try:
+        return (folder / TARGET_NAME_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
 
 def is_dataset_locked(red_dir):
@@ -298,9 +340,10 @@ def sort_frames(download_dir, reduction_dir, frame_paths=None):
         try:
             _sort_one(src, reduction_dir, result, locked)
         except Exception as exc:  # one bad frame never stops the sort
-            log.error("%s: could not be sorted, left in place (%s: %s)", src,
-                      type(exc).__name__, exc)
-            result.failed.append((src, f"{type(exc).__name__}: {exc}"))
+            reason = (describe_os_error(exc) if isinstance(exc, OSError)
+                      else f"{type(exc).__name__}: {exc}")
+            log.error("%s: could not be sorted, left in place (%s)", src, reason)
+            result.failed.append((src, reason))
     log.info("sorted %d frame(s) into %d dataset(s) (%d new); %d set aside; %d left for "
              "later (locked); %d failed", result.n_sorted, len(result.sorted),
              len(result.new_datasets), result.n_set_aside, len(result.left_for_later),
@@ -579,6 +622,9 @@ def select_datasets(reduction_dir, selection=None, instrument_list=None, now=Non
             elif red_dir not in known:
                 log.warning("%s: %s is not a dataset under %s; skipped", listing, entry,
                             reduction_dir)
+        if not chosen:
+            log.warning("%s: the dataset list selects no dataset under %s", listing,
+                        reduction_dir)
     else:
         chosen = list_datasets(reduction_dir)
         if group == "date":

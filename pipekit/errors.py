@@ -35,3 +35,29 @@ class TOMError(PipekitError):
 
 class LockError(PipekitError):
     """A dataset is locked by another live process."""
+
+
+def describe_os_error(err):
+    """One line for an `OSError`: the path, then the cause (``No space left on device``).
+
+    Parameters
+    ----------
+    err : OSError
+
+    Returns
+    -------
+    str
+        ``"<path>: <cause>"`` (``"<path> -> <path2>: <cause>"`` for a rename), or
+        the error's own text when it names no path.
+
+    Examples
+    --------
+    >>> import errno, os
+    >>> describe_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "logs/pipeline.p"))
+    'logs/pipeline.p: No space left on device'
+    """
+    cause = err.strerror or " ".join(str(err).split()) or type(err).__name__
+    if err.filename is None:
+        return cause
+    target = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
+    return f"{target}: {cause}"

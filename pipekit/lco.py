@@ -7,6 +7,7 @@ or file name, and how angles and times are parsed.
 """
 
 import datetime as dt
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -16,7 +17,8 @@ __all__ = [
     "frame_suffix", "frame_stem", "is_frame_name", "list_frames",
     "is_no_value", "clean_str", "clean_float", "clean_int",
     "instrument_class", "reduction_level_from_name", "LCO_FILENAME_RE",
-    "slug", "parse_ra", "parse_dec", "format_ra", "format_dec", "parse_utc", "mjd_utc",
+    "slug", "distinct_slug", "name_hash", "SLUG_HASH_LENGTH",
+    "parse_ra", "parse_dec", "format_ra", "format_dec", "parse_utc", "mjd_utc",
 ]
 
 #: FITS frame file suffixes, longest first so that ``x.fits.fz`` is not read as ``.fits``.
@@ -218,22 +220,87 @@ def reduction_level_from_name(name):
     return int(match.group(1)) if match else None
 
 
+#: Characters of the hash `slug` appends to a shortened name and `distinct_slug`
+#: to a colliding one.
+SLUG_HASH_LENGTH = 8
+
+
+def name_hash(text):
+    """A short, stable hash of a name (`SLUG_HASH_LENGTH` hex digits of its SHA-1).
+
+    Examples
+    --------
+    >>> name_hash("T 1") != name_hash("T/1")
+    True
+    """
+    digest = hashlib.sha1(str(text if text is not None else "").encode("utf-8"))
+    return digest.hexdigest()[:SLUG_HASH_LENGTH]
+
+
 def slug(text, limit=100, default="unnamed"):
     """A name made safe as one folder or file name: the one rule for every name.
 
     Runs of characters other than letters, digits, ``.``, ``_``, ``+`` and
     ``-`` become ``_``; leading and trailing dots and underscores go (so a
-    name can never be ``..`` or hidden); the result is cut to ``limit``
-    characters.
+    name can never be ``..`` or hidden). A result longer than ``limit``
+    characters is shortened the one way: cut, then ``-`` and `name_hash` of the
+    original name appended, so two long names that share their beginning stay
+    distinct and the result is exactly ``limit`` characters at most.
+
+    Distinct names may still give one slug (``T 1``, ``T/1``, ``T?1`` all give
+    ``T_1``): where slugs become folders that must not merge, use
+    `distinct_slug`.
 
     Examples
     --------
     >>> slug("GJ 3470"), slug("OGLE-2024-BLG-0034"), slug("../x")
     ('GJ_3470', 'OGLE-2024-BLG-0034', 'x')
+    >>> len(slug("x" * 300))
+    100
     """
-    text = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text if text is not None else "").strip())
-    text = text.strip("._")[:limit].rstrip("._")
+    original = str(text if text is not None else "")
+    text = re.sub(r"[^A-Za-z0-9._+-]+", "_", original.strip()).strip("._")
+    if len(text) > limit:
+        keep = max(1, limit - SLUG_HASH_LENGTH - 1)
+        text = f"{text[:keep].rstrip('._')}-{name_hash(original)}"[-limit:]
     return text or default
+
+
+def distinct_slug(text, taken_by, limit=100, default="unnamed"):
+    """`slug`, made distinct from a slug already taken by another name.
+
+    ``taken_by`` is the original name that already owns ``slug(text)`` (for a
+    folder, the name recorded in it), or None when that slug is free. When it
+    is another name, the result is the slug shortened to leave room for ``-``
+    and `name_hash` of ``text``: ``T 1``, ``T/1`` and ``T?1`` get ``T_1``,
+    ``T_1-<hash of "T/1">`` and ``T_1-<hash of "T?1">`` (the first one seen keeps
+    the plain slug).
+
+    Parameters
+    ----------
+    text : str
+        The name.
+    taken_by : str or None
+        The name that already owns ``slug(text)``, if any.
+    limit, default
+        As for `slug`.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> distinct_slug("T 1", None), distinct_slug("T 1", "T 1")
+    ('T_1', 'T_1')
+    >>> distinct_slug("T/1", "T 1") == "T_1-" + name_hash("T/1")
+    True
+    """
+    base = slug(text, limit, default)
+    if taken_by is None or str(taken_by) == str(text):
+        return base
+    keep = max(1, limit - SLUG_HASH_LENGTH - 1)
+    return f"{base[:keep].rstrip('._-') or default}-{name_hash(text)}"
 
 
 # ---- angles and times ---------------------------------------------------------------

@@ -1,8 +1,13 @@
 """Dataset locks: one pipeline at a time per dataset folder.
 
 ``<red_dir>/dataset.lock`` is created atomically (``O_CREAT | O_EXCL``) and
-holds JSON naming its holder. A lock whose process is gone on this host is
-stale and is taken over with a warning; any other lock raises `LockError`.
+holds JSON naming its holder. The holder renews a lease while it holds the
+lock: a heartbeat thread touches the file's modification time every fifth of
+the lease. A lock is stale, and is taken over with a warning naming its old
+holder, when its process is gone on this host, or — from any host — when its
+lease has not been renewed for ``lease`` seconds (``$PIPEKIT_LOCK_LEASE``,
+default 300): its holder was killed, or its node died. Any other lock raises
+`LockError`.
 """
 
 import contextlib
@@ -12,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +25,7 @@ from pathlib import Path
 from .errors import LockError
 
 __all__ = ["DatasetLock", "LockInfo", "LOCK_NAME", "lock_path", "read_lock", "is_locked",
-           "is_stale", "break_lock"]
+           "is_stale", "break_lock", "lease_seconds", "LEASE_ENV", "DEFAULT_LEASE"]
 
 log = logging.getLogger("pipekit.locks")
 
@@ -30,6 +36,37 @@ LOCK_NAME = "dataset.lock"
 #: racing process before it is judged abandoned (its writer died between
 #: creating the file and writing it).
 PARTIAL_GRACE = 60.0
+
+#: Environment variable giving the lease in seconds.
+LEASE_ENV = "PIPEKIT_LOCK_LEASE"
+
+#: Seconds a lock stays valid without a heartbeat, unless ``$PIPEKIT_LOCK_LEASE`` says
+#: otherwise. Its holder renews it every fifth of that.
+DEFAULT_LEASE = 300.0
+
+
+def lease_seconds():
+    """The lease of a lock in seconds: ``$PIPEKIT_LOCK_LEASE``, else `DEFAULT_LEASE`.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    LockError
+        When ``$PIPEKIT_LOCK_LEASE`` is not a positive number.
+    """
+    text = os.environ.get(LEASE_ENV, "").strip()
+    if not text:
+        return DEFAULT_LEASE
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise LockError(f"${LEASE_ENV} = {text!r}: expected a positive number of seconds")
+    return value
 
 
 @dataclasses.dataclass
@@ -73,7 +110,8 @@ class LockInfo:
         if not self.complete:
             return f"an unfinished lock file (written {_age(self.mtime)} ago)"
         name = f"pipeline {self.pipeline!r}" if self.pipeline else "a process"
-        return f"{name} (pid {self.pid} on host {self.host}, since {self.since})"
+        return (f"{name} (pid {self.pid} on host {self.host}, since {self.since}, "
+                f"last heartbeat {_age(self.mtime)} ago)")
 
 
 def lock_path(red_dir):
@@ -99,14 +137,14 @@ def read_lock(red_dir):
     return info
 
 
-def is_stale(info, grace=PARTIAL_GRACE):
+def is_stale(info, grace=PARTIAL_GRACE, lease=None):
     """Whether a lock can be taken over: its holder is certainly gone.
 
-    A lock is stale when it was taken on this host and its process no longer
-    exists (or the pid now belongs to another process, or the machine has
-    rebooted since), or when the file has stayed incomplete for more than
-    ``grace`` seconds. A lock from another host is never judged stale: this
-    process cannot see that host's processes.
+    A lock is stale when its lease has expired — its file not touched by the
+    holder's heartbeat for ``lease`` seconds, judged from any host — or when
+    it was taken on this host and its process no longer exists (or the pid
+    now belongs to another process, or the machine has rebooted since), or
+    when the file has stayed incomplete for more than ``grace`` seconds.
 
     Parameters
     ----------
@@ -114,6 +152,9 @@ def is_stale(info, grace=PARTIAL_GRACE):
         As returned by `read_lock`.
     grace : float
         Seconds an incomplete file is given to be finished by its writer.
+    lease : float, optional
+        Seconds without a heartbeat after which any lock is stale; default
+        `lease_seconds` (``$PIPEKIT_LOCK_LEASE`` or 300).
 
     Returns
     -------
@@ -121,6 +162,9 @@ def is_stale(info, grace=PARTIAL_GRACE):
     """
     if not info.complete:
         return info.mtime is not None and time.time() - info.mtime > grace
+    lease = lease_seconds() if lease is None else lease
+    if info.mtime is not None and time.time() - info.mtime > lease:
+        return True
     if info.host != socket.gethostname():
         return False
     boot_id = _boot_id()
@@ -187,6 +231,12 @@ class DatasetLock:
         Written into the lock so others can see who holds it.
     grace : float
         Seconds an incomplete lock file is given before it counts as stale.
+    lease : float, optional
+        Seconds a lock stays valid without a heartbeat (default `lease_seconds`).
+        While held, a daemon thread touches the lock file every ``lease / 5``.
+    name : str
+        The lock file's name in the folder (`LOCK_NAME`; the download pipeline
+        uses its own).
 
     Examples
     --------
@@ -203,16 +253,20 @@ class DatasetLock:
             lock.release()
     """
 
-    def __init__(self, red_dir, pipeline_name=None, grace=PARTIAL_GRACE):
+    def __init__(self, red_dir, pipeline_name=None, grace=PARTIAL_GRACE, lease=None,
+                 name=LOCK_NAME):
         self.red_dir = Path(red_dir)
         self.pipeline_name = pipeline_name
         self.grace = grace
+        self.lease = lease_seconds() if lease is None else float(lease)
+        self.name = name
         self._token = None
+        self._heartbeat = None
 
     @property
     def path(self):
         """The lock file."""
-        return lock_path(self.red_dir)
+        return self.red_dir / self.name
 
     @property
     def held(self):
@@ -256,9 +310,10 @@ class DatasetLock:
                 info, raw = _read(self.path)
                 if info is None:
                     continue  # released between our open and our read
-                if not is_stale(info, self.grace):
+                if not is_stale(info, self.grace, lease=self.lease):
+                    what = "dataset" if self.name == LOCK_NAME else "folder"
                     raise LockError(
-                        f"dataset {self.red_dir} is locked by {info.describe()}; lock file "
+                        f"{what} {self.red_dir} is locked by {info.describe()}; lock file "
                         f"{self.path}. If that process is gone (e.g. its host crashed), "
                         f"remove the file or call pipekit.locks.break_lock().") from None
                 self._take_over(info, raw)
@@ -266,13 +321,16 @@ class DatasetLock:
             try:
                 os.write(fd, content)
                 os.fsync(fd)
-            except BaseException:
+            except BaseException as err:
                 os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
+                if isinstance(err, OSError) and err.filename is None:  # a full disk: name it
+                    raise OSError(err.errno, err.strerror or str(err), str(self.path)) from None
                 raise
             os.close(fd)
             self._token = token
+            self._start_heartbeat(token)
             log.debug("locked %s for %s", self.red_dir, self.pipeline_name)
             return self
         raise LockError(f"could not lock dataset {self.red_dir}: its lock file {self.path} "
@@ -286,11 +344,12 @@ class DatasetLock:
         # again through O_EXCL, where exactly one wins.
         with _folder_mutex(self.red_dir):
             current, current_raw = _read(self.path)
-            if current is None or current_raw != raw or not is_stale(current, self.grace):
+            if (current is None or current_raw != raw
+                    or not is_stale(current, self.grace, lease=self.lease)):
                 return
             os.unlink(self.path)
-        log.warning("took over the stale lock of dataset %s left by %s", self.red_dir,
-                    info.describe())
+        log.warning("took over the stale lock of %s left by %s (lease %.0f s)", self.red_dir,
+                    info.describe(), self.lease)
 
     def release(self):
         """Give the lock back. Safe to call when not held.
@@ -302,6 +361,7 @@ class DatasetLock:
         if not self.held:
             return
         token, self._token = self._token, None
+        self._stop_heartbeat()
         info, _ = _read(self.path)
         if info is None or info.token != token:
             log.warning("lock of dataset %s was removed or replaced while held by pid %d; "
@@ -310,6 +370,35 @@ class DatasetLock:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         log.debug("unlocked %s", self.red_dir)
+
+    def _start_heartbeat(self, token):
+        stop = threading.Event()
+        thread = threading.Thread(target=self._beat, args=(token, stop), daemon=True,
+                                  name=f"pipekit-lock-heartbeat {self.red_dir}")
+        self._heartbeat = (thread, stop)
+        thread.start()
+
+    def _stop_heartbeat(self):
+        if self._heartbeat is not None:
+            thread, stop = self._heartbeat
+            self._heartbeat = None
+            stop.set()
+            if thread is not threading.current_thread():
+                thread.join(5.0)
+
+    def _beat(self, token, stop):
+        # Renew the lease: touch the file while it is still this holder's own.
+        interval = max(0.05, self.lease / 5.0)
+        while not stop.wait(interval):
+            info, _ = _read(self.path)
+            if info is None or info.token != token:
+                log.warning("lock %s was removed or taken over while held by pid %d (%s)",
+                            self.path, os.getpid(), self.pipeline_name)
+                return
+            try:
+                os.utime(self.path)
+            except OSError as err:
+                log.warning("cannot renew the lease of lock %s: %s", self.path, err)
 
     def __enter__(self):
         return self.acquire()
@@ -321,6 +410,7 @@ class DatasetLock:
         # A copy (pickle, checkpoint) never believes it holds the lock.
         state = self.__dict__.copy()
         state["_token"] = None
+        state["_heartbeat"] = None
         return state
 
     def __repr__(self):

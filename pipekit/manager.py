@@ -6,11 +6,11 @@ the parent reloads the checkpoint so ``Manager.pipelines`` shows every outcome.
 """
 
 import concurrent.futures as cf
+import contextlib
 import html
 import logging
 import multiprocessing
 import os
-import socket
 import tempfile
 import time
 import uuid
@@ -19,127 +19,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .display import html_table, text_table
-from .errors import ConfigError, LockError, PipelineError
+from .signals import StopWorkers, exit_status
+from .summary import Summary
+from .worker import run_checkpoint
+from .errors import ConfigError, LockError, PipelineError, describe_os_error
 from .lco import slug
 from .locks import DatasetLock
-from .pipeline import Pipeline, load
+from .pipeline import LogFile, Pipeline, load
 
 __all__ = ["Manager", "Summary", "run_checkpoint"]
 
 log = logging.getLogger("pipekit.manager")
-
-#: The columns of a :class:`Summary`, in display order.
-SUMMARY_COLUMNS = ("name", "status", "failed_step", "duration", "error")
-
-_NOT_GIVEN = object()
-
-
-def run_checkpoint(path, run_kwargs=None, submitted_started=_NOT_GIVEN):
-    """Load a pipeline from its checkpoint, run it, and summarise the outcome.
-
-    This is the function every worker runs (a pool process, a thread, a Dask
-    worker). The pipeline checkpoints itself as it goes, so the checkpoint,
-    not the returned dict, is the full record.
-
-    Parameters
-    ----------
-    path : str
-        The pipeline's checkpoint (``<log>/pipeline.p``).
-    run_kwargs : dict, optional
-        Keyword arguments for :meth:`Pipeline.run` (``run_tags``,
-        ``ignore_tags``, ``resume``, ...).
-    submitted_started : str or None, optional
-        The pipeline's ``started`` time when the task was submitted. If the
-        checkpoint's differs, an earlier attempt of this same task already
-        began the run (a worker that died and was retried, as Dask does), so
-        this attempt resumes where that one stopped instead of starting over.
-
-    Returns
-    -------
-    dict
-        ``name``, ``status``, ``failed_step``, ``duration`` (s), ``error`` (one
-        line or None), ``checkpoint``, ``host``, ``pid``.
-
-    Examples
-    --------
-    >>> run_checkpoint("logs/pipeline.p", {"resume": True})  # doctest: +SKIP
-    {'name': 'ogle-0034', 'status': 'success', ...}
-    """
-    t0 = time.monotonic()
-    row = {"name": None, "status": "error", "failed_step": None, "duration": None,
-           "error": None, "checkpoint": str(path), "host": socket.gethostname(),
-           "pid": os.getpid()}
-    try:
-        pipe = load(path)
-    except PipelineError as err:
-        row["error"] = str(err)
-        return row
-    row["name"] = pipe.name
-    run_kwargs = dict(run_kwargs or {})
-    if submitted_started is not _NOT_GIVEN and pipe.started != submitted_started:
-        log.warning("pipeline %s: an earlier attempt of this task began at %s; resuming it",
-                    pipe.name, pipe.started)
-        run_kwargs = {**_resume_only(run_kwargs), "resume": True}
-    status = None
-    try:
-        pipe.run(**run_kwargs)
-    except PipelineError as err:
-        row["error"] = str(err)
-    except LockError as err:  # another live run holds the dataset: not a failure
-        row["error"] = str(err)
-        status = "skipped"
-    except Exception as err:  # noqa: BLE001 - reported in the summary, never lost
-        row["error"] = f"{type(err).__name__}: {err}"
-        status = "error"
-    if status is None:
-        status = pipe.status if pipe.status in ("success", "error") else "error"
-    row.update(status=status, failed_step=None if status == "skipped" else pipe.failed_step,
-               duration=round(time.monotonic() - t0, 3))
-    if row["status"] == "error" and row["error"] is None and pipe.failed_step:
-        # ignore_exceptions/ignore_errors let the run finish; name the first failure
-        row["error"] = _last_line(pipe.step(pipe.failed_step).error)
-    if pipe.checkpoint_error:
-        note = f"checkpoint not updated: {pipe.checkpoint_error}"
-        row["error"] = f"{row['error']}; {note}" if row["error"] else note
-    return row
-
-
-class Summary(list):
-    """One dict per pipeline (``name``, ``status``, ``failed_step``, ``duration``,
-    ``error``, ``checkpoint``, ``host``, ``pid``), shown as a table.
-
-    ``status`` is ``"success"``, ``"error"`` or ``"skipped"`` (its dataset was
-    locked by another live run). A plain list otherwise:
-    ``summary[0]["status"]``, ``len(summary)``.
-    """
-
-    @property
-    def failed(self):
-        """The rows whose status is ``"error"``."""
-        return [row for row in self if row["status"] == "error"]
-
-    @property
-    def ok(self):
-        """True when no pipeline failed (skipped ones do not count as failures)."""
-        return not self.failed
-
-    def _cells(self):
-        for row in self:
-            duration = "" if row.get("duration") is None else f"{row['duration']:.1f} s"
-            yield (str(row.get("name")), str(row.get("status")),
-                   str(row.get("failed_step") or ""), duration, str(row.get("error") or ""))
-
-    def __repr__(self):
-        counts = {}
-        for row in self:
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
-        head = f"{len(self)} pipelines: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-        return text_table(head, SUMMARY_COLUMNS, self._cells(), max_cell=70)
-
-    def _repr_html_(self):
-        return html_table(SUMMARY_COLUMNS, self._cells(), [row["status"] for row in self])
-
 
 class Manager:
     """Run many pipelines at once and report how each one went.
@@ -193,6 +83,9 @@ class Manager:
     >>> Manager(pipes, executor=Client("tcp://scheduler:8786")).run()  # doctest: +SKIP
     """
 
+    #: Seconds the workers get to checkpoint and release their locks after a stop signal.
+    stop_grace = 10.0
+
     def __init__(self, pipelines, max_parallel=4, executor=None, progress=True, log_dir=None):
         if int(max_parallel) < 1:
             raise PipelineError(f"max_parallel must be at least 1, not {max_parallel!r}")
@@ -211,6 +104,7 @@ class Manager:
         self._stamps = {}
         self._rows = {}
         self._bar = None
+        self._stop = None
 
     @classmethod
     def from_config(cls, path, **kwargs):
@@ -255,18 +149,28 @@ class Manager:
         red_dirs = select_datasets(config.data_reduction_dir, config.dataset_selection,
                                    config.instrument_list)
         pipelines, not_run = [], []
+        selection = config.dataset_selection
+        if not red_dirs and getattr(selection, "group", None) == "file":
+            reason = (f"the dataset list {selection.file} (dataset_selection.file) selects no "
+                      f"dataset under {config.data_reduction_dir}")
+            not_run.append(_row(str(selection.file), "error", reason))
+            log.warning("%s", reason)
         for red_dir in red_dirs:
             name = dataset_name(red_dir)
-            holder = read_lock(red_dir)
-            if holder is not None and not is_stale(holder):
-                not_run.append(_row(name, "skipped", f"locked by {holder.describe()}", red_dir))
-                log.warning("dataset %s skipped: locked by %s", red_dir, holder.describe())
-                continue
+            # One dataset that cannot be read, locked, written or configured is one
+            # error row; the others run.
             try:
+                holder = read_lock(red_dir)
+                if holder is not None and not is_stale(holder):
+                    not_run.append(_row(name, "skipped", f"locked by {holder.describe()}",
+                                        red_dir))
+                    log.warning("dataset %s skipped: locked by %s", red_dir, holder.describe())
+                    continue
                 pipelines.append(reduction_pipeline(red_dir))
-            except ConfigError as err:
-                not_run.append(_row(name, "error", str(err), red_dir))
-                log.error("dataset %s not run: %s", red_dir, err)
+            except (ConfigError, LockError, OSError, UnicodeError) as err:
+                reason = one_line_reason(err, Path(red_dir) / "reduction_config.yaml")
+                not_run.append(_row(name, "error", reason, red_dir))
+                log.error("dataset %s not run: %s", red_dir, reason)
         log.info("manager config %s: %d datasets to reduce, %d not run", path, len(pipelines),
                  len(not_run))
         kwargs.setdefault("max_parallel", config.max_parallel)
@@ -303,29 +207,43 @@ class Manager:
         if ignore_tags is not None:
             kwargs["ignore_tags"] = ignore_tags
         self._rows = {}
-        todo = self._prepare()
+        self._paths = {}
         t0 = time.monotonic()
         bar = tqdm(total=len(self.pipelines), desc="pipelines", unit="pipeline",
                    disable=not self.progress)
-        bar.update(len(self.pipelines) - len(todo))
         self._bar = bar
         handler, old_level = self._open_log()
-        log.info("manager: running %d pipelines (%d not run) on %s", len(todo),
-                 len(self.pipelines) - len(todo) + len(self.skipped), self._where())
+        # SIGINT/SIGTERM: passed on to the workers, which record their step
+        # "interrupted", checkpoint and release their locks; a second one kills them.
+        self._stop = StopWorkers(grace=self.stop_grace)
         try:
-            if self.executor is None:
-                self._run_pool(todo, kwargs)
-            elif _is_dask_client(self.executor):
-                self._run_dask(todo, kwargs)
-            else:
-                self._run_executor(todo, kwargs)
+            with self._stop:
+                todo = self._prepare()
+                bar.update(len(self.pipelines) - len(todo))
+                log.info("manager: running %d pipelines (%d not run) on %s", len(todo),
+                         len(self.pipelines) - len(todo) + len(self.skipped), self._where())
+                if self.executor is None:
+                    self._run_pool(todo, kwargs)
+                elif _is_dask_client(self.executor):
+                    self._run_dask(todo, kwargs)
+                else:
+                    self._run_executor(todo, kwargs)
             rows = [self._rows[i] for i in range(len(self.pipelines))]
             self.summary = Summary(rows + list(self.skipped))
             log.info("manager: %d pipelines in %.1f s, %d failed\n%r", len(rows),
                      time.monotonic() - t0, len(self.summary.failed), self.summary)
+        except KeyboardInterrupt as exc:
+            self._stop.reap()  # no worker outlives the manager
+            rows = [self._rows.get(i) or self._mark_interrupted(i, exc)
+                    for i in range(len(self.pipelines))]
+            self.summary = Summary(rows + list(self.skipped))
+            log.warning("manager: stopped by signal %d after %.1f s\n%r", exit_status(exc) - 128,
+                        time.monotonic() - t0, self.summary)
+            raise
         finally:
             bar.close()
             self._bar = None
+            self._stop = None
             self._close_log(handler, old_level)
         return self.summary
 
@@ -334,7 +252,7 @@ class Manager:
         if self.log_dir is None:
             return None, None
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.log_dir / "manager.log", encoding="utf-8")
+        handler = LogFile(self.log_dir / "manager.log", encoding="utf-8")  # one line if full
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
         old_level = log.level
@@ -371,6 +289,10 @@ class Manager:
             except LockError as err:
                 self._rows[i] = _row(pipe, "skipped", error=str(err))
                 log.warning("pipeline %s skipped: %s", pipe.name, err)
+                continue
+            except OSError as err:  # a read-only dataset, a colleague's folder, a full disk
+                self._rows[i] = _row(pipe, "error", error=one_line_reason(err))
+                log.error("pipeline %s not run: %s", pipe.name, self._rows[i]["error"])
                 continue
             if path is None:
                 self._rows[i] = _row(pipe, "error", error="cannot be sent to a worker: "
@@ -440,11 +362,49 @@ class Manager:
                     self._finish(i, None, exc)
                 else:
                     self._finish(i, row, None)
-        except BaseException:
+        except BaseException as exc:
             pool.shutdown(wait=False, cancel_futures=True)
+            if isinstance(exc, KeyboardInterrupt):
+                self._drain(futures)
             raise
         pool.shutdown(wait=True)
         return broken
+
+    def _drain(self, futures):
+        """After a stop signal: collect the rows of workers that stop within the grace."""
+        stop = self._stop
+        deadline = time.monotonic() + (stop.grace if stop is not None else 0.0)
+        done = set()
+        try:
+            while not (stop is not None and stop.forced) and time.monotonic() < deadline:
+                for fut in [f for f in futures if f.done() and f not in done]:
+                    done.add(fut)
+                    if not fut.cancelled() and fut.exception() is None:
+                        self._finish(futures[fut][0], fut.result(), None)
+                if all(f.done() for f in futures):
+                    break
+                time.sleep(0.05)
+        except KeyboardInterrupt:  # a second signal: stop at once
+            pass
+
+    def _mark_interrupted(self, i, exc):
+        """The row of pipeline ``i`` stopped by a signal; its checkpoint says so."""
+        pipe = self.pipelines[i]
+        path = self._paths.get(i)
+        message = f"stopped by signal {exit_status(exc) - 128} before it finished"
+        if path is not None:
+            try:
+                pipe = self.pipelines[i] = load(path)
+            except PipelineError as err:
+                log.error("pipeline %s: cannot reload %s: %s", pipe.name, path, err)
+        if pipe.status == "running":  # its worker was killed mid-step
+            if pipe.run_step_idx < len(pipe.run_steps):
+                step = pipe.run_steps[pipe.run_step_idx]
+                step.status, step.error = "interrupted", message
+            pipe.status = "interrupted"
+            with contextlib.suppress(OSError):
+                pipe.checkpoint()
+        return _row(pipe, "interrupted", error=message)
 
     def _run_executor(self, todo, kwargs):
         futures = {self.executor.submit(run_checkpoint, self._paths[i], kwargs,
@@ -512,8 +472,8 @@ class Manager:
         else:
             row = self._mark_crashed(pipe, exc)
         self._rows[i] = row
-        level = {"success": logging.INFO, "skipped": logging.WARNING}.get(row["status"],
-                                                                           logging.ERROR)
+        level = {"success": logging.INFO, "skipped": logging.WARNING,
+                 "interrupted": logging.WARNING}.get(row["status"], logging.ERROR)
         log.log(level, "pipeline %s: %s%s", row["name"], row["status"],
                 f" at step {row['failed_step']}: {row['error']}" if row["error"] else "")
         if self._bar is not None:
@@ -563,6 +523,30 @@ def _row(pipe, status, error=None, red_dir=None):
     return row if red_dir is None else {**row, "red_dir": str(red_dir)}
 
 
+def one_line_reason(err, path=None):
+    """The reason a dataset could not be run, in one line: the cause, then the path.
+
+    Parameters
+    ----------
+    err : Exception
+    path : path-like, optional
+        The file being read, for errors that do not name it (a decoding error).
+
+    Returns
+    -------
+    str
+    """
+    if isinstance(err, OSError) and err.filename is not None:
+        # The cause first: the summary table cuts long cells.
+        where = Path(os.fsdecode(err.filename))
+        return f"{err.strerror or type(err).__name__}: {where.name} in {where.parent}"
+    if isinstance(err, OSError):
+        return describe_os_error(err)
+    if isinstance(err, UnicodeDecodeError) and path is not None:
+        return f"{Path(path).name} is not UTF-8 (byte {err.start}) in {Path(path).parent}"
+    return " ".join(str(err).split())
+
+
 def _write_checkpoint(pipe):
     """Checkpoint ``pipe`` for its worker; a dataset's only while holding its lock.
 
@@ -577,19 +561,8 @@ def _write_checkpoint(pipe):
         return pipe.checkpoint()
 
 
-def _resume_only(kwargs):
-    # A resumed run keeps its previous selection: tags would only be ignored.
-    return {k: v for k, v in kwargs.items() if k not in ("run_tags", "ignore_tags", "run_steps",
-                                                         "start_idx")}
-
-
 def _is_dask_client(executor):
     if type(executor).__module__.split(".")[0] != "distributed":
         return False
     from distributed import Client
     return isinstance(executor, Client)
-
-
-def _last_line(text):
-    lines = [line for line in str(text or "").strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else None

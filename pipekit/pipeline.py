@@ -21,6 +21,7 @@ from .checkpoint import dumps, find_unpicklable
 from .pipeline_step import PipelineStep, utc_now
 from .display import html_table, text_table
 from .errors import PipelineError
+from .signals import interrupts_raise
 
 __all__ = ["Pipeline", "PipelineStep", "PipelineError", "load", "CHECKPOINT_FORMAT"]
 
@@ -233,6 +234,12 @@ class Pipeline:
             A step returned status ``"error"`` or raised, and its flags did
             not say to go on. The checkpoint then has ``run_step_idx`` on the
             failed step, so ``run(resume=True)`` retries it.
+        KeyboardInterrupt
+            Ctrl-C, or SIGTERM as `pipekit.signals.Terminated` (while the run
+            is in the main thread, SIGTERM is handled like SIGINT; the previous
+            handler is restored after). The running step is recorded
+            ``"interrupted"`` and the checkpoint written, so
+            ``run(resume=True)`` retries it.
         """
         if resume and self.run_steps:
             idx = self.run_step_idx if start_idx is None else start_idx
@@ -253,6 +260,14 @@ class Pipeline:
         self.started, self.finished = utc_now(), None
         handler = self._open_log()
         try:
+            with interrupts_raise():  # SIGTERM (Slurm, kill) stops a run as Ctrl-C does
+                self._run_selected(idx, resume, ignore_errors, ignore_exceptions)
+        finally:
+            self._close_log(handler)
+        return self
+
+    def _run_selected(self, idx, resume, ignore_errors, ignore_exceptions):
+        try:
             log.info("pipeline %s: running %d of %d steps from index %d%s", self.name,
                      len(self.run_steps) - idx, len(self.steps), idx,
                      " (resumed)" if resume else "")
@@ -264,9 +279,16 @@ class Pipeline:
             self.finished = utc_now()
             self.checkpoint()
             log.info("pipeline %s: finished, status %s", self.name, self.status)
-        finally:
-            self._close_log(handler)
-        return self
+        except KeyboardInterrupt as exc:
+            # Between steps (or while checkpointing): the run stops where it is.
+            if self.status == "running":
+                self.status = "interrupted"
+                self.checkpoint()
+            log.warning("pipeline %s: interrupted (%s) at step index %d; resume with "
+                        "run(resume=True) or `pipekit resume %s`", self.name,
+                        exc or type(exc).__name__, self.run_step_idx,
+                        self.checkpoint_path or "CHECKPOINT")
+            raise
 
     def _run_step(self, step, ignore_errors, ignore_exceptions):
         ignore_errors = step.ignore_errors if ignore_errors is None else ignore_errors
@@ -382,7 +404,13 @@ class Pipeline:
                 log.warning("checkpoint %s not updated: %s", path, self.checkpoint_error)
             return None
         self.checkpoint_error = None
-        write_bytes_atomic(path, blob)
+        try:
+            write_bytes_atomic(path, blob)
+        except OSError as err:
+            if err.filename is not None:
+                raise
+            # A full disk: the error must name the file (one line: path and cause).
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
         self._checkpoint_size = len(blob)
         return path
 
@@ -404,7 +432,7 @@ class Pipeline:
             return None
         folder.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(folder)
-        handler = logging.FileHandler(folder / LOG_NAME, encoding="utf-8")
+        handler = LogFile(folder / LOG_NAME, encoding="utf-8")
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
@@ -443,6 +471,10 @@ class Pipeline:
         state.setdefault("extra_attributes", [])  # a checkpoint of an earlier pipekit
         self.__dict__.update(state)
 
+    def _loaded_from(self, path):
+        """Called by `load` with the checkpoint's path; subclasses that own a folder
+        check that the checkpoint still lives in it (see `DatasetPipeline`)."""
+
     @classmethod
     def load(cls, path):
         """Load a pipeline from its checkpoint (see :func:`load`)."""
@@ -466,6 +498,39 @@ class Pipeline:
         caption = (f"<p><b>Pipeline {html.escape(self.name)}</b>: status "
                    f"{html.escape(self.status)}</p>")
         return html_table(self._COLUMNS, self._rows(), [s.status for s in self.steps], caption)
+
+
+class LogFile(logging.FileHandler):
+    """A pipeline's ``pipeline.log``: never reopened once closed, one line when unwritable.
+
+    A record emitted by another thread just as the run ends would make a plain
+    `logging.FileHandler` reopen its file (and leak it); a full disk or a
+    read-only folder would print a traceback for every record. This handler
+    drops records once closed, and says once, in one line on stderr, that the
+    log cannot be written and why (the run goes on).
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.closed = False
+        self.failed = False
+        super().__init__(*args, **kwargs)
+
+    def emit(self, record):
+        if not self.closed:
+            super().emit(record)
+
+    def close(self):
+        self.closed = True
+        super().close()
+
+    def handleError(self, record):
+        if self.failed:
+            return
+        self.failed = True
+        err = sys.exc_info()[1]
+        cause = getattr(err, "strerror", None) or err
+        sys.stderr.write(f"pipekit: cannot write the log {self.baseFilename}: {cause}; "
+                         "the run goes on without it\n")
 
 
 def _remove_stale_temporaries(folder):
@@ -508,5 +573,6 @@ def load(path):
                             f"({type(err).__name__}: {err})") from err
     if not isinstance(pipe, Pipeline):
         raise PipelineError(f"{path} holds a {type(pipe).__name__}, not a pipekit Pipeline")
+    pipe._loaded_from(path)
     return pipe
 

@@ -247,11 +247,22 @@ def sort(download_dir, reduction_dir):
         received frames), ``new_datasets``, ``set_aside`` (``{reason: count}``),
         ``failed`` (``[[path, reason]]``), ``n_replaced`` and ``replaced``
         (reprocessed frames put in place of their old version: ``[[frame, kept old copy]]``).
-        One bad frame never fails the step; a missing download folder does.
+        Every frame is tried (one bad frame never stops the others), but a frame that
+        could not be placed — moved nor set aside, e.g. on a full disk — makes the status
+        ``"error"``, with ``error`` counting them and naming the first one's path and
+        cause; a resumed run sorts them again. A missing download folder fails the step.
     """
     result = sort_frames(download_dir, reduction_dir)
+    n_tried = (result.n_sorted + result.n_set_aside + len(result.left_for_later)
+               + len(result.dropped_duplicates) + len(result.failed))
+    extra = {}
+    if result.failed:
+        path, reason = result.failed[0]
+        extra["error"] = (f"could not place {len(result.failed)} of {n_tried} frames (left in "
+                          f"{download_dir}); first: {path}: {reason}")
     return {
-        "status": "success",
+        "status": "error" if result.failed else "success",
+        **extra,
         "n_sorted": result.n_sorted,
         "n_set_aside": result.n_set_aside,
         "n_left_for_later": len(result.left_for_later),
@@ -260,7 +271,7 @@ def sort(download_dir, reduction_dir):
         "datasets": [str(p) for p in result.sorted],
         "new_datasets": [str(p) for p in result.new_datasets],
         "set_aside": dict(Counter(reason for _, reason in result.set_aside)),
-        "failed": [[str(p), reason] for p, reason in result.failed],
+        "failed": [[str(p), reason] for p, reason in result.failed[:MAX_LISTED_FAILURES]],
         "n_replaced": len(result.replaced),
         "replaced": [[str(p), str(kept)] for p, kept in result.replaced],
     }

@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 

@@ -17,6 +17,7 @@ from pipekit.datasets import (SET_ASIDE_DIR, configure_dataset, dataset_dir, lis
                               safe_name, sort_frames)
 from pipekit.errors import FrameError
 from pipekit.frames import FrameInfo
+from pipekit.lco import name_hash
 
 TARGET = "OGLE-2024-BLG-0034"
 
@@ -69,7 +70,7 @@ def dirs(tmp_path):
     ("Gaia24abc (peak)", "Gaia24abc_peak"),
     ("", "unnamed"),
     ("///", "unnamed"),
-    ("x" * 300, "x" * 100),
+    ("x" * 300, "x" * 91 + "-" + name_hash("x" * 300)),
 ])
 def test_safe_name(name, expected):
     assert safe_name(name) == expected

@@ -21,8 +21,8 @@ from pipekit.locks import (LOCK_NAME, DatasetLock, break_lock, is_locked, is_sta
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _slow_judge(info, grace=locks.PARTIAL_GRACE, _judge=locks.is_stale):
-    stale = _judge(info, grace)
+def _slow_judge(info, grace=locks.PARTIAL_GRACE, lease=None, _judge=locks.is_stale):
+    stale = _judge(info, grace, lease)
     if stale:
         time.sleep(0.2)
     return stale

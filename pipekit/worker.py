@@ -1,0 +1,114 @@
+"""What every Manager worker runs: load a pipeline's checkpoint, run it, summarise it.
+
+`run_checkpoint` is re-exported by `pipekit.manager`.
+"""
+
+import logging
+import os
+import socket
+import time
+
+from .errors import LockError, PipelineError
+from .pipeline import load
+from .signals import exit_status
+
+__all__ = ["run_checkpoint", "resume_only", "last_line"]
+
+log = logging.getLogger("pipekit.manager")
+
+# Not empty once this worker process has been stopped by a signal.
+_STOPPING = []
+
+_NOT_GIVEN = object()
+
+
+def run_checkpoint(path, run_kwargs=None, submitted_started=_NOT_GIVEN):
+    """Load a pipeline from its checkpoint, run it, and summarise the outcome.
+
+    This is the function every worker runs (a pool process, a thread, a Dask
+    worker). The pipeline checkpoints itself as it goes, so the checkpoint,
+    not the returned dict, is the full record.
+
+    Parameters
+    ----------
+    path : str
+        The pipeline's checkpoint (``<log>/pipeline.p``).
+    run_kwargs : dict, optional
+        Keyword arguments for :meth:`Pipeline.run` (``run_tags``,
+        ``ignore_tags``, ``resume``, ...).
+    submitted_started : str or None, optional
+        The pipeline's ``started`` time when the task was submitted. If the
+        checkpoint's differs, an earlier attempt of this same task already
+        began the run (a worker that died and was retried, as Dask does), so
+        this attempt resumes where that one stopped instead of starting over.
+
+    Returns
+    -------
+    dict
+        ``name``, ``status``, ``failed_step``, ``duration`` (s), ``error`` (one
+        line or None), ``checkpoint``, ``host``, ``pid``.
+
+    Examples
+    --------
+    >>> run_checkpoint("logs/pipeline.p", {"resume": True})  # doctest: +SKIP
+    {'name': 'ogle-0034', 'status': 'success', ...}
+    """
+    t0 = time.monotonic()
+    row = {"name": None, "status": "error", "failed_step": None, "duration": None,
+           "error": None, "checkpoint": str(path), "host": socket.gethostname(),
+           "pid": os.getpid()}
+    if _STOPPING:
+        # This worker was stopped by a signal: it starts nothing more (the pool
+        # may have queued one more task before the manager cancelled the rest).
+        row.update(status="interrupted", error="not started: the manager was stopping")
+        return row
+    try:
+        pipe = load(path)
+    except PipelineError as err:
+        row["error"] = str(err)
+        return row
+    row["name"] = pipe.name
+    run_kwargs = dict(run_kwargs or {})
+    if submitted_started is not _NOT_GIVEN and pipe.started != submitted_started:
+        log.warning("pipeline %s: an earlier attempt of this task began at %s; resuming it",
+                    pipe.name, pipe.started)
+        run_kwargs = {**resume_only(run_kwargs), "resume": True}
+    status = None
+    try:
+        pipe.run(**run_kwargs)
+    except PipelineError as err:
+        row["error"] = str(err)
+    except LockError as err:  # another live run holds the dataset: not a failure
+        row["error"] = str(err)
+        status = "skipped"
+    except KeyboardInterrupt as exc:  # SIGINT/SIGTERM passed on by the manager
+        _STOPPING.append(exit_status(exc))
+        row["error"] = f"stopped by signal {exit_status(exc) - 128}; the next run resumes it"
+        status = "interrupted"
+    except Exception as err:  # noqa: BLE001 - reported in the summary, never lost
+        row["error"] = f"{type(err).__name__}: {err}"
+        status = "error"
+    if status is None:
+        status = pipe.status if pipe.status in ("success", "error") else "error"
+    row.update(status=status, failed_step=None if status == "skipped" else pipe.failed_step,
+               duration=round(time.monotonic() - t0, 3))
+    if row["status"] == "error" and row["error"] is None and pipe.failed_step:
+        # ignore_exceptions/ignore_errors let the run finish; name the first failure
+        row["error"] = last_line(pipe.step(pipe.failed_step).error)
+    if pipe.checkpoint_error:
+        note = f"checkpoint not updated: {pipe.checkpoint_error}"
+        row["error"] = f"{row['error']}; {note}" if row["error"] else note
+    return row
+
+
+
+
+def resume_only(kwargs):
+    # A resumed run keeps its previous selection: tags would only be ignored.
+    return {k: v for k, v in kwargs.items() if k not in ("run_tags", "ignore_tags", "run_steps",
+                                                         "start_idx")}
+
+
+def last_line(text):
+    lines = [line for line in str(text or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else None
