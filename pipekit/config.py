@@ -196,7 +196,7 @@ class DatasetSelection:
     ``start_date`` to ``end_date``, both days included; no ``end_date``: up to
     now), ``"recent"`` (frames in the last ``ndays`` days) or ``"file"``
     (dataset folders listed in ``file``, one a line). Applied by
-    `pipekit.datasets.select_datasets`.
+    `pipekit.selection.select_datasets`.
     """
 
     group: str = field(default="all", metadata=yaml_key(choices=_GROUPS))

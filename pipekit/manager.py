@@ -141,7 +141,7 @@ class Manager:
         >>> mgr.run()                                                   # doctest: +SKIP
         """
         from .config import load_manager_config
-        from .datasets import select_datasets
+        from .selection import select_datasets
         from .locks import is_stale, read_lock
         from .workflows import dataset_name, reduction_pipeline
 

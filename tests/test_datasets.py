@@ -2,16 +2,13 @@
 frames are set aside with their reason, locked datasets wait, nothing is lost or overwritten."""
 
 import logging
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
 import pipekit.datasets as datasets
-from pipekit import steps
 from pipekit.config import load_reduction_config
 from pipekit.datasets import (SET_ASIDE_DIR, configure_dataset, dataset_dir, list_datasets,
                               safe_name, sort_frames)
@@ -245,7 +242,7 @@ def three_datasets(tmp_path):
 
 def test_select_all_and_by_instrument(three_datasets):
     from pipekit.config import DatasetSelection
-    from pipekit.datasets import select_datasets
+    from pipekit.selection import select_datasets
 
     red, ip, gp, v = three_datasets
     assert select_datasets(red) == sorted([ip, gp, v])
@@ -258,7 +255,7 @@ def test_select_by_date_range_inclusive_and_recent(three_datasets):
     from datetime import datetime, timezone
 
     from pipekit.config import DatasetSelection
-    from pipekit.datasets import frame_day, select_datasets
+    from pipekit.selection import frame_day, select_datasets
 
     red, ip, gp, v = three_datasets
     assert str(frame_day(v / "data" / "m84_image.fits")) == "2024-05-02"   # from DATE-OBS
@@ -280,7 +277,7 @@ def test_select_by_date_range_inclusive_and_recent(three_datasets):
 
 def test_select_from_a_file_keeps_its_order_and_skips_non_datasets(three_datasets, caplog):
     from pipekit.config import DatasetSelection
-    from pipekit.datasets import select_datasets
+    from pipekit.selection import select_datasets
     from pipekit.errors import ConfigError
 
     red, ip, gp, v = three_datasets
