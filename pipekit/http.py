@@ -14,6 +14,8 @@ import urllib.parse
 
 import requests
 
+from .secrets import scrub
+
 __all__ = [
     "TRANSIENT_ERRORS",
     "RetryableError",
@@ -227,7 +229,7 @@ def redact_url(url):
 
 
 def describe_error(exc):
-    """An exception as one short line, with any URL's query string hidden.
+    """An exception as one short line, with any URL's query string and secret hidden.
 
     Parameters
     ----------
@@ -243,7 +245,7 @@ def describe_error(exc):
     >>> describe_error(ValueError("bad link https://h/f?sig=1"))
     'ValueError: bad link https://h/f?...'
     """
-    return f"{type(exc).__name__}: {_QUERY_RE.sub('?...', str(exc))}"[:300]
+    return scrub(f"{type(exc).__name__}: {_QUERY_RE.sub('?...', str(exc))}")[:300]
 
 
 _TITLE_RE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
@@ -259,6 +261,7 @@ def _one_line(text):
 def server_message(response, limit=300):
     """What a server said in an error answer, on one line.
 
+    Any secret the server echoed (`pipekit.secrets.scrub`) is blanked out.
     A JSON body gives its ``detail`` (or the whole object, compact); an HTML page
     (a proxy's or load balancer's error page) gives its title and first heading
     rather than its markup; other text comes with its whitespace collapsed.
@@ -305,6 +308,7 @@ def server_message(response, limit=300):
         else:
             text = json.dumps(payload, sort_keys=True)
         text = re.sub(r"\s+", " ", text).strip()
+    text = scrub(text)
     if not text:
         return "(empty body)"
     return (text[:limit] + " ...") if len(text) > limit else text

@@ -16,9 +16,10 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from .errors import ConfigError, TOMError
-from .http import (RetryableError, backoff_wait, call_with_retries, redact, retry_after_seconds,
+from .http import (RetryableError, backoff_wait, call_with_retries, retry_after_seconds,
                    server_message)
 from .lco import mjd_utc
+from .secrets import register_envvar, scrub
 # Re-exported: product ids and the uploaded CSV are public here since the first release.
 from .tom_products import (LABEL_KEY, REDUCTION_VERSION_COLUMN, has_label, product_id_for,
                            with_reduction_version)
@@ -90,6 +91,8 @@ class TOMClient:
         self.username = username
         self.password_envvar = password_envvar
         self.token_envvar = token_envvar
+        register_envvar(token_envvar)
+        register_envvar(password_envvar, username)
         self.timeout = timeout
         self.retries = int(retries)
         self.backoff = float(backoff)
@@ -152,6 +155,7 @@ class TOMClient:
         return self._session
 
     def _secret(self, envvar, what):
+        register_envvar(envvar, self.username if envvar == self.password_envvar else None)
         value = os.environ.get(envvar, "")
         if not value:
             raise ConfigError(f"TOM {self.url}: environment variable {envvar} (the {what}) is "
@@ -166,12 +170,11 @@ class TOMClient:
             return {}, (self.username, self._secret(self.password_envvar, "password"))
         return {}, None
 
-    def _scrub(self, text):
+    @staticmethod
+    def _scrub(text):
         # The server should never echo a credential, but an error message is
-        # the last place one may leak from: blank it out if it is there.
-        secrets = [os.environ.get(envvar or "", "")
-                   for envvar in (self.token_envvar, self.password_envvar)]
-        return redact(text, secrets, min_length=4)
+        # the last place one may leak from: blank it (and its pieces) out.
+        return scrub(text)
 
     def _url(self, path):
         return path if path.startswith(("http://", "https://")) else f"{self.url}/{path.lstrip('/')}"

@@ -17,9 +17,10 @@ import requests
 from .. import lco
 from ..atomic import AtomicFile
 from ..errors import ArchiveAuthError, ArchiveError
-from ..http import (RetryableError, backoff_wait, call_with_retries, describe_error, redact,
+from ..http import (RetryableError, backoff_wait, call_with_retries, describe_error,
                     redact_url, retry_after_seconds, server_message)
 from .paging import MAX_LIMIT, MIN_SPLIT_SPAN, exact_span, split_window
+from ..secrets import register_envvar, scrub
 from .records import CHUNK_SIZE, ArchiveRecord, safe_destination
 
 __all__ = ["LCOArchive", "DEFAULT_URL"]
@@ -105,6 +106,7 @@ class LCOArchive:
             raise ArchiveError(f"archive url {url!r} is not an http(s) URL")
         self.url = url if url.endswith("/") else url + "/"
         self.token_envvar = token_envvar or None
+        register_envvar(self.token_envvar)
         self.timeout = timeout
         self.retries = int(retries)
         self.backoff = float(backoff)
@@ -163,6 +165,7 @@ class LCOArchive:
     def _token(self):
         if not self.token_envvar:
             return None
+        register_envvar(self.token_envvar)
         token = os.environ.get(self.token_envvar)
         if not token:
             raise ArchiveAuthError(
@@ -177,9 +180,9 @@ class LCOArchive:
             return {}
         return {"Authorization": f"Token {token}"}
 
-    def _redact(self, text):
-        token = os.environ.get(self.token_envvar) if self.token_envvar else None
-        return redact(text, [token.strip()] if token else [])
+    @staticmethod
+    def _redact(text):
+        return scrub(text)
 
     # -- retries ----------------------------------------------------------
 
