@@ -26,6 +26,7 @@ __all__ = [
     "redact_url",
     "describe_error",
     "server_message",
+    "Deadline",
 ]
 
 #: Transport failures worth another attempt: the request may not have arrived.
@@ -312,3 +313,60 @@ def server_message(response, limit=300):
     if not text:
         return "(empty body)"
     return (text[:limit] + " ...") if len(text) > limit else text
+
+
+class Deadline:
+    """An overall time bound for one conversation with a server.
+
+    A read timeout bounds each wait for bytes, not a server that trickles a
+    body forever or a listing whose pages never end; this bounds the whole.
+
+    Parameters
+    ----------
+    seconds : float or None
+        The bound; None or 0 for none.
+    what : str
+        The conversation, for the message.
+    setting : str
+        The option that sets the bound, for the message.
+
+    Examples
+    --------
+    >>> Deadline(None, "x").expired()
+    False
+    >>> Deadline(3600, "x").remaining() > 3599
+    True
+    """
+
+    def __init__(self, seconds, what, setting="max_seconds"):
+        self.seconds = float(seconds) if seconds else None
+        self.what, self.setting = what, setting
+        self.end = time.monotonic() + self.seconds if self.seconds else None
+
+    def remaining(self):
+        """Seconds left (``inf`` without a bound, never below 0)."""
+        return float("inf") if self.end is None else max(0.0, self.end - time.monotonic())
+
+    def expired(self):
+        """Whether the bound has passed."""
+        return self.end is not None and time.monotonic() >= self.end
+
+    def message(self, progress=""):
+        """Why the conversation was stopped, in one line."""
+        done = f" ({progress})" if progress else ""
+        return (f"{self.what}: stopped after {self.seconds:g} s, the overall time bound "
+                f"({self.setting}){done}; the server kept the conversation going without "
+                f"finishing it. Raise {self.setting} if it is just slow")
+
+    def check(self, error, progress=""):
+        """Raise ``error(self.message(progress))`` once the bound has passed.
+
+        Parameters
+        ----------
+        error : type
+            The exception class to raise (`ArchiveError`, `TOMError`, ...).
+        progress : str, optional
+            What was done so far, for the message.
+        """
+        if self.expired():
+            raise error(self.message(progress))

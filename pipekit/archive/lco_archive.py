@@ -13,11 +13,12 @@ import urllib.parse
 from pathlib import Path
 
 import requests
+import urllib3
 
 from .. import lco
 from ..atomic import AtomicFile
 from ..errors import ArchiveAuthError, ArchiveError
-from ..http import (RetryableError, backoff_wait, call_with_retries, describe_error,
+from ..http import (Deadline, RetryableError, backoff_wait, call_with_retries, describe_error,
                     redact_url, retry_after_seconds, server_message)
 from .paging import MAX_LIMIT, MIN_SPLIT_SPAN, exact_span, split_window
 from ..secrets import register_envvar, scrub
@@ -45,11 +46,42 @@ def _time_param(when):
 
 #: Times a window is listed again when its frames changed while it was paged.
 WINDOW_ATTEMPTS = 3
+#: Default overall bound of one query or one download (seconds).
+MAX_SECONDS = 3600.0
+#: Default most pages read by one query.
+MAX_PAGES = 10_000
+#: Default largest frame accepted when its size is declared nowhere (bytes).
+MAX_FRAME_BYTES = 4 << 30
 
 
 _RETRYABLE = (requests.ConnectionError, requests.Timeout,
               requests.exceptions.ChunkedEncodingError,
               requests.exceptions.ContentDecodingError)
+
+
+def _body_chunks(resp):
+    """A streamed body in pieces as they arrive (a trickle still reaches the deadline check).
+
+    ``iter_content`` blocks until a whole chunk has come; urllib3's ``read1`` returns
+    what is there. Transport failures come out as `requests` exceptions, as from
+    ``iter_content``.
+    """
+    raw = resp.raw
+    if not hasattr(raw, "read1"):  # urllib3 < 2
+        yield from resp.iter_content(CHUNK_SIZE)
+        return
+    while True:
+        try:
+            chunk = raw.read1(CHUNK_SIZE, decode_content=True)
+        except urllib3.exceptions.ProtocolError as exc:
+            raise requests.exceptions.ChunkedEncodingError(exc) from exc
+        except urllib3.exceptions.DecodeError as exc:
+            raise requests.exceptions.ContentDecodingError(exc) from exc
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.exceptions.ConnectionError(exc) from exc
+        if not chunk:
+            return
+        yield chunk
 
 
 def _server_detail(resp):
@@ -92,6 +124,15 @@ class LCOArchive:
         should not carry credentials of its own.
     name : str, optional
         A label for logs (the archive's name in ``data_download.yaml``).
+    max_seconds : float or None
+        Longest a whole query, or one download, may take (s); past it the
+        conversation stops with an `ArchiveError`. None for no bound.
+    max_pages : int
+        Most pages one query may read; a listing whose pages never end stops
+        with an `ArchiveError` here at the latest.
+    max_frame_bytes : int
+        Largest body accepted for a frame whose size is declared neither in
+        its ``version_set`` nor by ``Content-Length``.
 
     Examples
     --------
@@ -101,7 +142,8 @@ class LCOArchive:
     """
 
     def __init__(self, url=DEFAULT_URL, token_envvar=None, timeout=(5, 60), retries=5,
-                 backoff=0.5, max_backoff=30.0, max_retry_after=300.0, session=None, name=None):
+                 backoff=0.5, max_backoff=30.0, max_retry_after=300.0, session=None, name=None,
+                 max_seconds=MAX_SECONDS, max_pages=MAX_PAGES, max_frame_bytes=MAX_FRAME_BYTES):
         if not url or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise ArchiveError(f"archive url {url!r} is not an http(s) URL")
         self.url = url if url.endswith("/") else url + "/"
@@ -113,6 +155,9 @@ class LCOArchive:
         self.max_backoff = float(max_backoff)
         self.max_retry_after = float(max_retry_after)
         self.name = name or urllib.parse.urlsplit(self.url).netloc
+        self.max_seconds = float(max_seconds) if max_seconds else None
+        self.max_pages = int(max_pages)
+        self.max_frame_bytes = int(max_frame_bytes)
         self._session = session
         self._local = threading.local()
         self._warned_anonymous = False
@@ -129,6 +174,8 @@ class LCOArchive:
         return state
 
     def __setstate__(self, state):
+        state = {"max_seconds": MAX_SECONDS, "max_pages": MAX_PAGES,
+                 "max_frame_bytes": MAX_FRAME_BYTES, **state}
         self.__dict__.update(state)
         self._local = threading.local()
 
@@ -190,11 +237,16 @@ class LCOArchive:
         reason = failure.reason if failure.error is None else describe_error(failure.error)
         return self._redact(reason)
 
-    def _retrying(self, what, attempt_fn):
+    def _retrying(self, what, attempt_fn, deadline=None):
         def wait(attempt, failure):
             if failure.wait is None:
-                return backoff_wait(attempt, self.backoff, self.max_backoff)
-            return min(failure.wait, self.max_retry_after)
+                seconds = backoff_wait(attempt, self.backoff, self.max_backoff)
+            else:
+                seconds = min(failure.wait, self.max_retry_after)
+            if deadline is not None:
+                if seconds >= deadline.remaining():
+                    raise ArchiveError(deadline.message(f"last failure: {self._reason(failure)}"))
+            return seconds
 
         def announce(failure, attempt, seconds):
             log.warning("%s: %s; retry %d of %d in %.2f s", what, self._reason(failure),
@@ -305,7 +357,9 @@ class LCOArchive:
         else:
             pending = [(t0, t1)]
         records, seen = [], set()
-        stats = {"windows": 0, "pages": 0, "splits": 0}
+        stats = {"windows": 0, "pages": 0, "splits": 0,
+                 "deadline": Deadline(self.max_seconds, f"archive {self.name}: query of "
+                                      f"proposal {proposal_id}, {start} to {end}")}
         while pending:
             w0, w1 = pending.pop()
             listing = self._list_window(base, w0, w1, int(limit), proposal_id, stats)
@@ -344,7 +398,9 @@ class LCOArchive:
             got, offset, count = {}, 0, None
             while True:
                 what = f"archive query {redact_url(url)} ({label}, offset {offset})"
-                data = self._get_page(url, dict(params, limit=limit, offset=offset), what)
+                self._check_bounds(stats, what)
+                data = self._get_page(url, dict(params, limit=limit, offset=offset), what,
+                                      stats.get("deadline"))
                 stats["pages"] += 1
                 if data.get("count_estimated") is True:
                     return None
@@ -376,7 +432,17 @@ class LCOArchive:
                            f"{count} the archive counts, {WINDOW_ATTEMPTS} times; the listing "
                            "is incomplete, so it is not used")
 
-    def _get_page(self, url, params, what):
+    def _check_bounds(self, stats, what):
+        pages = f"{stats['pages']} pages read"
+        deadline = stats.get("deadline")
+        if deadline is not None:
+            deadline.check(ArchiveError, pages)
+        if stats["pages"] >= self.max_pages:
+            raise ArchiveError(f"{what}: stopped after {pages}, the most one query may read "
+                               f"(max_pages = {self.max_pages}); the archive's listing does "
+                               "not end")
+
+    def _get_page(self, url, params, what, deadline=None):
         def attempt():
             resp = self.session.get(url, params=params, headers=self._auth_headers(url),
                                     timeout=self.timeout)
@@ -386,7 +452,7 @@ class LCOArchive:
             except ValueError as exc:
                 raise RetryableError(f"response is not JSON ({exc})") from None
 
-        data = self._retrying(what, attempt)
+        data = self._retrying(what, attempt, deadline)
         if not isinstance(data, dict) or not isinstance(data.get("results"), list):
             raise ArchiveError(f"{what}: expected a JSON object with a 'results' list, "
                                f"got {str(data)[:200]!r}")
@@ -478,8 +544,10 @@ class LCOArchive:
         folder.mkdir(parents=True, exist_ok=True)
         expected = record.md5.lower() if record.md5 else None
         what = f"download of {record.filename} from {redact_url(record.url)}"
+        deadline = Deadline(self.max_seconds, what)
 
         def attempt():
+            deadline.check(ArchiveError)
             # None removes any Authorization a caller's session might add.
             resp = self.session.get(record.url, headers={"Authorization": None},
                                     timeout=self.timeout, stream=True)
@@ -487,10 +555,17 @@ class LCOArchive:
                 self._check_download_status(resp, what)
                 length = resp.headers.get("Content-Length")
                 encoded = resp.headers.get("Content-Encoding", "identity") not in ("identity", "")
+                limit, declared = self._size_limit(record, None if encoded else length)
                 out = AtomicFile(final, digest="md5")
                 try:
-                    for chunk in resp.iter_content(CHUNK_SIZE):
+                    for chunk in _body_chunks(resp):
+                        if out.size + len(chunk) > limit:
+                            raise ArchiveError(
+                                f"{what}: the body goes on past the {limit} bytes {declared}; "
+                                "stopped and removed the partial file (a server sending a "
+                                "frame that never ends)")
                         out.write(chunk)
+                        deadline.check(ArchiveError, f"{out.size} bytes received")
                     out.close()
                     if length is not None and not encoded and out.size != int(length):
                         raise RetryableError(f"truncated body: {out.size} of {length} bytes")
@@ -502,9 +577,21 @@ class LCOArchive:
                     raise
             return out
 
-        out = self._retrying(what, attempt)
+        out = self._retrying(what, attempt, deadline)
         log.debug("downloaded %s (%s)", final.name, out.hexdigest)
         return out
+
+    def _size_limit(self, record, length):
+        """The most bytes a frame's body may have, and where that number comes from."""
+        if record.size:
+            return int(record.size), "its archive record declares (version_set size)"
+        try:
+            if length is not None and int(length) >= 0:
+                return int(length), "its Content-Length declares"
+        except ValueError:
+            pass
+        return self.max_frame_bytes, ("accepted for a frame of undeclared size "
+                                      "(max_frame_bytes)")
 
     def _check_download_status(self, resp, what):
         code = resp.status_code
