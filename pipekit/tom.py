@@ -129,6 +129,7 @@ class TOMClient:
         """
         kwargs.setdefault("timeout", (5, float(getattr(config, "timeout", 60) or 60)))
         kwargs.setdefault("groups", getattr(config, "groups", None))
+        kwargs.setdefault("max_seconds", getattr(config, "max_seconds", MAX_SECONDS))
         return cls(config.url, username=config.username,
                    password_envvar=config.password_envvar,
                    token_envvar=config.token_envvar, **kwargs)

@@ -249,3 +249,15 @@ def test_tom_pages_that_never_end_stop_at_max_pages():
     with LoopServer(answer) as server:
         message, _ = _tom_query(server, max_pages=15)
     assert "stopped after 15 pages" in message and server.requests == 15
+
+
+def test_the_time_bound_is_set_in_the_config_files(tmp_path):
+    from pipekit.archive import archive_from_config
+    from pipekit.config import load_tom_config
+
+    archive = archive_from_config({"name": "lco", "url": "http://127.0.0.1:1/",
+                                   "max_seconds": 42})
+    assert archive.max_seconds == 42
+    path = tmp_path / "tom_config.yaml"
+    path.write_text("url: http://127.0.0.1:1\ntoken_envvar: PK_BOUNDS_TOKEN\nmax_seconds: 17\n")
+    assert TOMClient.from_config(load_tom_config(path)).max_seconds == 17
