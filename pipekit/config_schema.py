@@ -320,6 +320,22 @@ class _StrictLoader(yaml.SafeLoader):
 
     source = "<config>"
 
+    def construct_document(self, node):
+        self._dotted = {}  # id(value node) -> its dotted key, for messages
+        self._name_keys(node, "")
+        return super().construct_document(node)
+
+    def _name_keys(self, node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    dotted = f"{prefix}{key_node.value}"
+                    self._dotted[id(value_node)] = dotted
+                    self._name_keys(value_node, dotted + ".")
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._name_keys(item, f"{prefix.rstrip('.')}[{index}].")
+
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
             lines = {}
@@ -329,11 +345,13 @@ class _StrictLoader(yaml.SafeLoader):
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
                 line = key_node.start_mark.line + 1
                 if key is not None and key in lines:
+                    dotted = getattr(self, "_dotted", {}).get(id(value_node), key)
                     raise ConfigError(
-                        f"{self.source}: key '{key}' is given twice, at lines {lines[key]} and "
+                        f"{self.source}: key '{dotted}' is given twice, at lines {lines[key]} and "
                         f"{line}; YAML would silently keep the last one: keep one")
                 lines.setdefault(key, line)
-                self._check_value(key, value_node)
+                self._check_value(getattr(self, "_dotted", {}).get(id(value_node), key),
+                                  value_node)
         return super().construct_mapping(node, deep=deep)
 
     def _check_value(self, key, node):
@@ -347,7 +365,7 @@ class _StrictLoader(yaml.SafeLoader):
                 raise ConfigError(
                     f"{self.source}: key '{key}' (line {line}): the unquoted value "
                     f"{item.value} is read by YAML as the base-60 number {number!r}, not as "
-                    f"an angle or time; quote it: {key}: '{item.value}'")
+                    f"an angle or time; quote it: {key.rsplit('.', 1)[-1]}: '{item.value}'")
             if item.tag == _FLOAT_TAG and item.value.lower() in _NON_FINITE:
                 raise ConfigError(
                     f"{self.source}: key '{key}' (line {line}): {item.value} is not a finite "

@@ -38,7 +38,7 @@ def test_a_valid_config_still_loads(tmp_path):
 def test_a_duplicated_key_names_the_key_and_both_lines(tmp_path):
     message = _load(tmp_path, "target:\n  name: T1\n  RA: '10:00:00'\n  Dec: '+10:00:00'\n"
                               "  name: T2\n")
-    assert "'name'" in message and "lines 2 and 5" in message
+    assert "'target.name'" in message and "lines 2 and 5" in message
 
 
 def test_a_duplicated_top_level_section_is_refused(tmp_path):
@@ -50,24 +50,24 @@ def test_a_duplicated_top_level_section_is_refused(tmp_path):
 @pytest.mark.parametrize("text, number", [("17:59:02.304", "64742.304"), ("1:30", "90")])
 def test_an_unquoted_sexagesimal_says_to_quote_it(tmp_path, text, number):
     message = _load(tmp_path, f"target:\n  name: T1\n  RA: {text}\n  Dec: '+10:00:00'\n")
-    assert "'RA'" in message and number in message and "quote it" in message
+    assert "'target.RA'" in message and number in message and "quote it" in message
     assert f"RA: '{text}'" in message
 
 
 def test_an_unquoted_negative_sexagesimal_dec_is_refused(tmp_path):
     message = _load(tmp_path, "target:\n  name: T1\n  RA: '10:00:00'\n  Dec: -29:30:00\n")
-    assert "'Dec'" in message and "quote it" in message
+    assert "'target.Dec'" in message and "quote it" in message
 
 
 @pytest.mark.parametrize("value", [".inf", ".nan", "-.inf", ".NaN", "+.Inf"])
 def test_nan_and_inf_name_the_key(tmp_path, value):
     message = _load(tmp_path, TARGET + f"photometry:\n  detection_sigma: {value}\n")
-    assert "'detection_sigma'" in message and "line 3" in message and "finite" in message
+    assert "'photometry.detection_sigma'" in message and "line 3" in message and "finite" in message
 
 
 def test_inf_inside_a_list_names_the_key(tmp_path):
     message = _load(tmp_path, TARGET + "photometry:\n  apertures: [3.0, .inf]\n")
-    assert "'apertures'" in message and "finite" in message
+    assert "'photometry.apertures'" in message and "finite" in message
 
 
 def test_a_non_utf8_byte_names_the_file_position_and_key(tmp_path):
