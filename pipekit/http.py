@@ -13,6 +13,7 @@ import time
 import urllib.parse
 
 import requests
+import urllib3
 
 from .secrets import scrub
 
@@ -27,6 +28,7 @@ __all__ = [
     "describe_error",
     "server_message",
     "Deadline",
+    "iter_body",
 ]
 
 #: Transport failures worth another attempt: the request may not have arrived.
@@ -370,3 +372,40 @@ class Deadline:
         """
         if self.expired():
             raise error(self.message(progress))
+
+
+def iter_body(response, size):
+    """A streamed body in pieces as they arrive, each at most ``size`` bytes.
+
+    ``iter_content`` blocks until a whole piece has come, so a body trickling a byte
+    at a time would never reach the caller's checks (size, time bound); urllib3's
+    ``read1`` returns what is there. Transport failures come out as the `requests`
+    exceptions ``iter_content`` raises.
+
+    Parameters
+    ----------
+    response : requests.Response
+        Opened with ``stream=True``.
+    size : int
+        Largest piece, in bytes.
+
+    Yields
+    ------
+    bytes
+    """
+    raw = response.raw
+    if not hasattr(raw, "read1"):  # urllib3 < 2
+        yield from response.iter_content(size)
+        return
+    while True:
+        try:
+            chunk = raw.read1(size, decode_content=True)
+        except urllib3.exceptions.ProtocolError as exc:
+            raise requests.exceptions.ChunkedEncodingError(exc) from exc
+        except urllib3.exceptions.DecodeError as exc:
+            raise requests.exceptions.ContentDecodingError(exc) from exc
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.exceptions.ConnectionError(exc) from exc
+        if not chunk:
+            return
+        yield chunk

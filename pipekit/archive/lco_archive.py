@@ -13,15 +13,14 @@ import urllib.parse
 from pathlib import Path
 
 import requests
-import urllib3
 
 from .. import lco
 from ..atomic import AtomicFile
 from ..errors import ArchiveAuthError, ArchiveError
 from ..http import (Deadline, RetryableError, backoff_wait, call_with_retries, describe_error,
-                    redact_url, retry_after_seconds, server_message)
-from .paging import MAX_LIMIT, MIN_SPLIT_SPAN, exact_span, split_window
+                    iter_body, redact_url, retry_after_seconds, server_message)
 from ..secrets import register_envvar, scrub
+from .paging import MAX_LIMIT, MIN_SPLIT_SPAN, exact_span, split_window
 from .records import CHUNK_SIZE, ArchiveRecord, safe_destination
 
 __all__ = ["LCOArchive", "DEFAULT_URL"]
@@ -57,31 +56,6 @@ MAX_FRAME_BYTES = 4 << 30
 _RETRYABLE = (requests.ConnectionError, requests.Timeout,
               requests.exceptions.ChunkedEncodingError,
               requests.exceptions.ContentDecodingError)
-
-
-def _body_chunks(resp):
-    """A streamed body in pieces as they arrive (a trickle still reaches the deadline check).
-
-    ``iter_content`` blocks until a whole chunk has come; urllib3's ``read1`` returns
-    what is there. Transport failures come out as `requests` exceptions, as from
-    ``iter_content``.
-    """
-    raw = resp.raw
-    if not hasattr(raw, "read1"):  # urllib3 < 2
-        yield from resp.iter_content(CHUNK_SIZE)
-        return
-    while True:
-        try:
-            chunk = raw.read1(CHUNK_SIZE, decode_content=True)
-        except urllib3.exceptions.ProtocolError as exc:
-            raise requests.exceptions.ChunkedEncodingError(exc) from exc
-        except urllib3.exceptions.DecodeError as exc:
-            raise requests.exceptions.ContentDecodingError(exc) from exc
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            raise requests.exceptions.ConnectionError(exc) from exc
-        if not chunk:
-            return
-        yield chunk
 
 
 def _server_detail(resp):
@@ -558,7 +532,7 @@ class LCOArchive:
                 limit, declared = self._size_limit(record, None if encoded else length)
                 out = AtomicFile(final, digest="md5")
                 try:
-                    for chunk in _body_chunks(resp):
+                    for chunk in iter_body(resp, CHUNK_SIZE):
                         if out.size + len(chunk) > limit:
                             raise ArchiveError(
                                 f"{what}: the body goes on past the {limit} bytes {declared}; "
