@@ -3,10 +3,14 @@
 __version__ = "0.1.0"
 
 from .errors import PipekitError, PipelineError  # noqa: E402
+from .secrets import install_log_scrubbing  # noqa: E402
 from .pipeline import Pipeline, PipelineStep, load  # noqa: E402
 
 __all__ = ["Pipeline", "PipelineStep", "PipelineError", "PipekitError", "Manager", "load",
            "__version__"]
+
+# Secrets never reach a log record, whatever handler writes it.
+install_log_scrubbing()
 
 
 def __getattr__(name):

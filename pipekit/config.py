@@ -17,6 +17,7 @@ from .config_schema import (DATE, MISSING, NOT_IN_FILE, UNSET_STRINGS, Section, 
 from .config_templates import TEMPLATES, template_path, write_reduction_config
 from .errors import ConfigError
 from .lco import parse_dec, parse_ra
+from .secrets import register_envvar
 
 __all__ = [
     "ArchiveConfig", "DownloadConfig", "TargetConfig", "PhotometryConfig", "TomSettings",
@@ -62,6 +63,8 @@ class ArchiveConfig:
     timeout: float | None = field(default=None, metadata=yaml_key(minimum=0.1))
     #: Extra attempts after a failed request or download (None: the client's default).
     retries: int | None = field(default=None, metadata=yaml_key(minimum=0))
+    #: Longest one query or one download may take, in seconds (None: the client's default).
+    max_seconds: float | None = field(default=None, metadata=yaml_key(minimum=1))
 
 
 @dataclass
@@ -232,6 +235,8 @@ class TOMConfig:
     token_envvar: str | None = None
     groups: list[str] = field(default_factory=list)
     timeout: float = field(default=30.0, metadata=yaml_key(minimum=0.1))
+    #: Longest one request (with retries) or one listing may take, in seconds.
+    max_seconds: float = field(default=600.0, metadata=yaml_key(minimum=1))
     source: Path | None = field(default=None, metadata=NOT_IN_FILE)
 
     @property
@@ -449,4 +454,6 @@ def load_tom_config(path):
     if config.password_envvar and not config.username:
         top.fail("username", MISSING, "a user name when 'password_envvar' is used (HTTP Basic)")
     top.unknown()
+    register_envvar(config.token_envvar)  # scrubbed from every message from now on
+    register_envvar(config.password_envvar, config.username)
     return config

@@ -10,6 +10,7 @@ expected; a value that means "not set" (`is_unset`) is the same as a missing key
 import dataclasses
 import logging
 import os
+import re
 import types
 import typing
 from datetime import datetime
@@ -245,24 +246,145 @@ def build(cls, section, defaults=None, given=None):
 
 
 def read_yaml(path):
+    """Read one YAML configuration file into a mapping, refusing its traps at load time.
+
+    Refused, each with a `ConfigError` naming the file and the key: bytes that are not
+    UTF-8 (with their position); a key given twice in one mapping (with both lines:
+    YAML would silently keep the last); an unquoted sexagesimal value such as
+    ``RA: 17:59:02.304``, which YAML 1.1 reads as the base-60 number 64742.304 (quote
+    it); ``.nan`` and ``.inf`` values; and a literal secret (a key named ``password``,
+    ``token``, ``api_key``, ``secret`` or ending in ``_password`` ...; its value is
+    never repeated): secrets are read only from environment variables.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    (pathlib.Path, dict)
+        The resolved path and the top-level mapping (empty for an empty file).
+
+    Raises
+    ------
+    ConfigError
+    """
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration file ({exc})") from exc
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(_not_utf8(path, raw, exc)) from None
+    loader = _StrictLoader(text)
+    loader.source = path
+    try:
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+    finally:
+        loader.dispose()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, "
                           f"found {type(data).__name__}")
+    _refuse_literal_secrets(path, data, "")
     return path.resolve(), data
+
+
+def _not_utf8(path, raw, exc):
+    line_start = raw.rfind(b"\n", 0, exc.start) + 1
+    line_end = raw.find(b"\n", exc.start)
+    line = raw[line_start:line_end if line_end >= 0 else len(raw)].decode("utf-8", "replace")
+    key = line.split(":", 1)[0].strip() if ":" in line else ""
+    where = f", in the value of key '{key}'" if key and "\ufffd" not in key else ""
+    number = raw.count(b"\n", 0, exc.start) + 1
+    return (f"{path}: byte {exc.start} (0x{raw[exc.start]:02x}, line {number}{where}) is not "
+            "UTF-8; save the file as UTF-8")
+
+
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_NON_FINITE = {".nan", ".inf", "+.inf", "-.inf"}
+_SECRET_KEY_RE = re.compile(r"(^|_)(password|passwd|token|api_?key|apikey|secret)$", re.I)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing duplicate keys, base-60 numbers and NaN/inf."""
+
+    source = "<config>"
+
+    def construct_document(self, node):
+        self._dotted = {}  # id(value node) -> its dotted key, for messages
+        self._name_keys(node, "")
+        return super().construct_document(node)
+
+    def _name_keys(self, node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    dotted = f"{prefix}{key_node.value}"
+                    self._dotted[id(value_node)] = dotted
+                    self._name_keys(value_node, dotted + ".")
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._name_keys(item, f"{prefix.rstrip('.')}[{index}].")
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                line = key_node.start_mark.line + 1
+                if key is not None and key in lines:
+                    dotted = getattr(self, "_dotted", {}).get(id(value_node), key)
+                    raise ConfigError(
+                        f"{self.source}: key '{dotted}' is given twice, at lines {lines[key]} and "
+                        f"{line}; YAML would silently keep the last one: keep one")
+                lines.setdefault(key, line)
+                self._check_value(getattr(self, "_dotted", {}).get(id(value_node), key),
+                                  value_node)
+        return super().construct_mapping(node, deep=deep)
+
+    def _check_value(self, key, node):
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        for item in items:
+            if not isinstance(item, yaml.ScalarNode) or item.style is not None:
+                continue  # quoted scalars are strings: nothing to refuse
+            line = item.start_mark.line + 1
+            if item.tag in (_INT_TAG, _FLOAT_TAG) and ":" in item.value:
+                number = self.construct_object(item)
+                raise ConfigError(
+                    f"{self.source}: key '{key}' (line {line}): the unquoted value "
+                    f"{item.value} is read by YAML as the base-60 number {number!r}, not as "
+                    f"an angle or time; quote it: {key.rsplit('.', 1)[-1]}: '{item.value}'")
+            if item.tag == _FLOAT_TAG and item.value.lower() in _NON_FINITE:
+                raise ConfigError(
+                    f"{self.source}: key '{key}' (line {line}): {item.value} is not a finite "
+                    "number; give a finite value (or leave the key out for its default)")
+
+
+def _refuse_literal_secrets(source, data, prefix):
+    items = (data.items() if isinstance(data, dict)
+             else enumerate(data) if isinstance(data, list) else ())
+    for key, value in items:
+        dotted = f"{prefix}{key}" if isinstance(data, dict) else f"{prefix[:-1]}[{key}]"
+        if (isinstance(data, dict) and isinstance(key, str) and _SECRET_KEY_RE.search(key)
+                and value is not None):  # the value is never repeated
+            envkey = "password_envvar" if re.search(r"pass", key, re.I) else "token_envvar"
+            raise ConfigError(f"{source}: key '{dotted}' holds a secret in the file; pipekit "
+                              "reads secrets only from the environment: remove it, export the "
+                              "value in an environment variable and name that variable in "
+                              f"'{prefix}{envkey}'")
+        if isinstance(value, (dict, list)):
+            _refuse_literal_secrets(source, value, f"{dotted}.")
 
 

@@ -4,9 +4,18 @@ Every error pipekit raises derives from :class:`PipekitError`, so a caller can
 catch one name. Messages name the file, key, frame or URL and what was expected.
 """
 
+from .secrets import scrub
+
 
 class PipekitError(Exception):
-    """Base class of every error raised by pipekit."""
+    """Base class of every error raised by pipekit.
+
+    Its message passes through `pipekit.secrets.scrub`: a secret a server
+    echoed, or any piece of one, never reaches the text.
+    """
+
+    def __init__(self, *args):
+        super().__init__(*(scrub(a) if isinstance(a, str) else a for a in args))
 
 
 class PipelineError(PipekitError):

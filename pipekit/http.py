@@ -13,6 +13,9 @@ import time
 import urllib.parse
 
 import requests
+import urllib3
+
+from .secrets import scrub
 
 __all__ = [
     "TRANSIENT_ERRORS",
@@ -24,6 +27,8 @@ __all__ = [
     "redact_url",
     "describe_error",
     "server_message",
+    "Deadline",
+    "iter_body",
 ]
 
 #: Transport failures worth another attempt: the request may not have arrived.
@@ -227,7 +232,7 @@ def redact_url(url):
 
 
 def describe_error(exc):
-    """An exception as one short line, with any URL's query string hidden.
+    """An exception as one short line, with any URL's query string and secret hidden.
 
     Parameters
     ----------
@@ -243,7 +248,7 @@ def describe_error(exc):
     >>> describe_error(ValueError("bad link https://h/f?sig=1"))
     'ValueError: bad link https://h/f?...'
     """
-    return f"{type(exc).__name__}: {_QUERY_RE.sub('?...', str(exc))}"[:300]
+    return scrub(f"{type(exc).__name__}: {_QUERY_RE.sub('?...', str(exc))}")[:300]
 
 
 _TITLE_RE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
@@ -259,6 +264,7 @@ def _one_line(text):
 def server_message(response, limit=300):
     """What a server said in an error answer, on one line.
 
+    Any secret the server echoed (`pipekit.secrets.scrub`) is blanked out.
     A JSON body gives its ``detail`` (or the whole object, compact); an HTML page
     (a proxy's or load balancer's error page) gives its title and first heading
     rather than its markup; other text comes with its whitespace collapsed.
@@ -305,6 +311,101 @@ def server_message(response, limit=300):
         else:
             text = json.dumps(payload, sort_keys=True)
         text = re.sub(r"\s+", " ", text).strip()
+    text = scrub(text)
     if not text:
         return "(empty body)"
     return (text[:limit] + " ...") if len(text) > limit else text
+
+
+class Deadline:
+    """An overall time bound for one conversation with a server.
+
+    A read timeout bounds each wait for bytes, not a server that trickles a
+    body forever or a listing whose pages never end; this bounds the whole.
+
+    Parameters
+    ----------
+    seconds : float or None
+        The bound; None or 0 for none.
+    what : str
+        The conversation, for the message.
+    setting : str
+        The option that sets the bound, for the message.
+
+    Examples
+    --------
+    >>> Deadline(None, "x").expired()
+    False
+    >>> Deadline(3600, "x").remaining() > 3599
+    True
+    """
+
+    def __init__(self, seconds, what, setting="max_seconds"):
+        self.seconds = float(seconds) if seconds else None
+        self.what, self.setting = what, setting
+        self.end = time.monotonic() + self.seconds if self.seconds else None
+
+    def remaining(self):
+        """Seconds left (``inf`` without a bound, never below 0)."""
+        return float("inf") if self.end is None else max(0.0, self.end - time.monotonic())
+
+    def expired(self):
+        """Whether the bound has passed."""
+        return self.end is not None and time.monotonic() >= self.end
+
+    def message(self, progress=""):
+        """Why the conversation was stopped, in one line."""
+        done = f" ({progress})" if progress else ""
+        return (f"{self.what}: stopped after {self.seconds:g} s, the overall time bound "
+                f"({self.setting}){done}; the server kept the conversation going without "
+                f"finishing it. Raise {self.setting} if it is just slow")
+
+    def check(self, error, progress=""):
+        """Raise ``error(self.message(progress))`` once the bound has passed.
+
+        Parameters
+        ----------
+        error : type
+            The exception class to raise (`ArchiveError`, `TOMError`, ...).
+        progress : str, optional
+            What was done so far, for the message.
+        """
+        if self.expired():
+            raise error(self.message(progress))
+
+
+def iter_body(response, size):
+    """A streamed body in pieces as they arrive, each at most ``size`` bytes.
+
+    ``iter_content`` blocks until a whole piece has come, so a body trickling a byte
+    at a time would never reach the caller's checks (size, time bound); urllib3's
+    ``read1`` returns what is there. Transport failures come out as the `requests`
+    exceptions ``iter_content`` raises.
+
+    Parameters
+    ----------
+    response : requests.Response
+        Opened with ``stream=True``.
+    size : int
+        Largest piece, in bytes.
+
+    Yields
+    ------
+    bytes
+    """
+    raw = response.raw
+    if not hasattr(raw, "read1"):  # urllib3 < 2
+        yield from response.iter_content(size)
+        return
+    while True:
+        try:
+            chunk = raw.read1(size, decode_content=True)
+        except urllib3.exceptions.ProtocolError as exc:
+            raise requests.exceptions.ChunkedEncodingError(exc) from exc
+        except urllib3.exceptions.DecodeError as exc:
+            raise requests.exceptions.ContentDecodingError(exc) from exc
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.exceptions.ConnectionError(exc) from exc
+        if not chunk:
+            return
+        yield chunk

@@ -20,6 +20,7 @@ from .atomic import write_bytes_atomic, write_text_atomic
 from .errors import PipekitError
 from .photometry import (FLAGS, NON_POSITIVE, OFF_FRAME, REFERENCE_STARS, REJECTED_FRAMES,
                          load_dataset_config, normalise_ensemble, write_ecsv)
+from .secrets import scrub_value
 
 __all__ = ["LightCurve", "build_lightcurve", "write_lightcurve", "tom_csv_text",
            "plot_lightcurve", "lightcurve_paths", "DEFAULT_ZEROPOINT"]
@@ -82,10 +83,25 @@ def _plain(value):
 
 
 def _config_dict(config):
-    """The validated reduction config (every setting, defaults included) as plain values."""
+    """The validated reduction config (every setting, defaults included) as plain values.
+
+    Keys the validator did not know (kept in ``extra`` fields) are left out: whatever
+    was typed there, a password included, never reaches the light curve's provenance.
+    """
     if dataclasses.is_dataclass(config):
-        return _plain(dataclasses.asdict(config))
+        return scrub_value(_plain(_known_settings(config)))
     return {}
+
+
+def _known_settings(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _known_settings(getattr(value, f.name))
+                for f in dataclasses.fields(value) if not f.metadata.get("extra")}
+    if isinstance(value, dict):
+        return {k: _known_settings(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_known_settings(v) for v in value)
+    return value
 
 
 def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):

@@ -8,6 +8,7 @@ import datetime as _dt
 import inspect
 
 from .errors import PipelineError
+from .secrets import scrub_value
 
 __all__ = ["PipelineStep", "utc_now"]
 
@@ -75,6 +76,13 @@ class PipelineStep:
         self.retries = int(retries)
         self.func_kwargs = func_kwargs
         self.reset()
+
+    def __setattr__(self, name, value):
+        # The last line of defence: an outcome recorded here goes into the
+        # checkpoint, the log and `pipekit status`; no secret may ride along.
+        if name in ("error", "result") and value is not None:
+            value = scrub_value(value)
+        super().__setattr__(name, value)
 
     def reset(self):
         """Forget the outcome of any earlier run."""

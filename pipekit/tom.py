@@ -15,9 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from .errors import ConfigError, TOMError
-from .http import (RetryableError, backoff_wait, call_with_retries, redact, retry_after_seconds,
+from .http import (Deadline, RetryableError, backoff_wait, call_with_retries, retry_after_seconds,
                    server_message)
 from .lco import mjd_utc
+from .secrets import register_envvar, scrub
 # Re-exported: product ids and the uploaded CSV are public here since the first release.
 from .tom_products import (LABEL_KEY, REDUCTION_VERSION_COLUMN, has_label, product_id_for,
                            with_reduction_version)
@@ -30,6 +31,10 @@ log = logging.getLogger("pipekit.tom")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: Longest wait pipekit honours from a ``Retry-After`` header, in seconds.
 MAX_RETRY_AFTER = 120.0
+#: Default overall bound of one request or one paged listing (seconds).
+MAX_SECONDS = 600.0
+#: Default most pages read by one listing.
+MAX_PAGES = 1000
 #: Key of the JSON that TOM Toolkit returns (HTTP 500) when it cannot turn an
 #: uploaded file into reduced data: the file is refused, asking again won't help.
 _PROCESSING_ERROR_KEY = "Data processing error"
@@ -59,6 +64,13 @@ class TOMClient:
         The wait before the first retry in seconds; it doubles each time.
     groups : list of str, optional
         Default groups given access to uploaded data products.
+    max_seconds : float or None
+        Longest one request (with its retries) or one paged listing may take
+        (s); past it a `TOMError` says so. None for no bound.
+    max_pages : int
+        Most pages one listing may read. A ``next`` link pointing at a page
+        already read, or a page of only targets already seen, stops the
+        listing at once.
 
     Notes
     -----
@@ -76,7 +88,8 @@ class TOMClient:
     """
 
     def __init__(self, url, username=None, password_envvar=None, token_envvar=None,
-                 timeout=(5, 60), retries=3, backoff=0.5, groups=None):
+                 timeout=(5, 60), retries=3, backoff=0.5, groups=None,
+                 max_seconds=MAX_SECONDS, max_pages=MAX_PAGES):
         url = str(url).rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"TOM url {url!r}: expected an http:// or https:// URL")
@@ -89,7 +102,11 @@ class TOMClient:
         self.username = username
         self.password_envvar = password_envvar
         self.token_envvar = token_envvar
+        register_envvar(token_envvar)
+        register_envvar(password_envvar, username)
         self.timeout = timeout
+        self.max_seconds = float(max_seconds) if max_seconds else None
+        self.max_pages = int(max_pages)
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.groups = list(groups or [])
@@ -111,6 +128,7 @@ class TOMClient:
         """
         kwargs.setdefault("timeout", (5, float(getattr(config, "timeout", 60) or 60)))
         kwargs.setdefault("groups", getattr(config, "groups", None))
+        kwargs.setdefault("max_seconds", getattr(config, "max_seconds", MAX_SECONDS))
         return cls(config.url, username=config.username,
                    password_envvar=config.password_envvar,
                    token_envvar=config.token_envvar, **kwargs)
@@ -151,6 +169,7 @@ class TOMClient:
         return self._session
 
     def _secret(self, envvar, what):
+        register_envvar(envvar, self.username if envvar == self.password_envvar else None)
         value = os.environ.get(envvar, "")
         if not value:
             raise ConfigError(f"TOM {self.url}: environment variable {envvar} (the {what}) is "
@@ -165,12 +184,11 @@ class TOMClient:
             return {}, (self.username, self._secret(self.password_envvar, "password"))
         return {}, None
 
-    def _scrub(self, text):
+    @staticmethod
+    def _scrub(text):
         # The server should never echo a credential, but an error message is
-        # the last place one may leak from: blank it out if it is there.
-        secrets = [os.environ.get(envvar or "", "")
-                   for envvar in (self.token_envvar, self.password_envvar)]
-        return redact(text, secrets, min_length=4)
+        # the last place one may leak from: blank it (and its pieces) out.
+        return scrub(text)
 
     def _url(self, path):
         return path if path.startswith(("http://", "https://")) else f"{self.url}/{path.lstrip('/')}"
@@ -210,9 +228,11 @@ class TOMClient:
         url = self._url(path)
         headers, auth = self._credentials()
         attempts = 0
+        deadline = Deadline(getattr(self, "max_seconds", MAX_SECONDS), f"TOM {method} {url}")
 
         def attempt():
             nonlocal attempts
+            deadline.check(TOMError, f"{attempts} attempt(s)")
             attempts += 1
             response = self.session.request(method, url, params=params, data=data,
                                             files=files, headers=headers, auth=auth,
@@ -232,9 +252,11 @@ class TOMClient:
                         what, delay, index + 1, self.retries + 1)
 
         try:
-            return call_with_retries(attempt, self.retries,
-                                     lambda index, failure: self._wait(index, failure.response),
-                                     announce)
+            return call_with_retries(
+                attempt, self.retries,
+                lambda index, failure: min(self._wait(index, failure.response),
+                                           deadline.remaining()),
+                announce)
         except RetryableError as exc:
             error = exc.error
         raise TOMError(f"TOM {method} {url}: no answer after {attempts} attempt(s): "
@@ -258,14 +280,37 @@ class TOMClient:
 
     def _get_all(self, path, params=None):
         """Every result of a list endpoint, following ``next`` to the end."""
-        results = []
+        results, seen_pages, seen_ids = [], set(), set()
         url, query = path, dict(params or {})
+        max_pages = getattr(self, "max_pages", MAX_PAGES)
+        deadline = Deadline(getattr(self, "max_seconds", MAX_SECONDS), f"TOM listing {path}")
         while url:
+            full = requests.Request("GET", self._url(url), params=query).prepare().url
+            what = f"TOM listing {self._url(path)}: page {len(seen_pages) + 1} ({full})"
+            if full in seen_pages:
+                raise TOMError(f"{what}: its 'next' link points at a page already read; the "
+                               "TOM's pagination loops")
+            if len(seen_pages) >= max_pages:
+                raise TOMError(f"{what}: stopped after {max_pages} pages, the most one listing "
+                               "may read (max_pages); the TOM's pagination does not end")
+            deadline.check(TOMError, f"{len(seen_pages)} pages read")
+            seen_pages.add(full)
             payload = self._json(self.request("GET", url, params=query))
             if isinstance(payload, list):  # an unpaginated TOM
                 return results + payload
-            results.extend(payload.get("results", []))
+            page = payload.get("results", []) if isinstance(payload, dict) else None
+            if not isinstance(page, list):
+                raise TOMError(f"{what}: expected a JSON object with a 'results' list")
             url, query = self._next_url(payload.get("next")), None  # ``next`` carries the query
+            ids = [item.get("id") if isinstance(item, dict) else None for item in page]
+            if url and not page:
+                raise TOMError(f"{what}: an empty page with a 'next' link; the TOM's "
+                               "pagination does not end")
+            if page and all(i is not None and i in seen_ids for i in ids):
+                raise TOMError(f"{what}: the page repeats only results already read; the "
+                               "TOM's pagination loops")
+            seen_ids.update(i for i in ids if i is not None)
+            results.extend(page)
         return results
 
     def _next_url(self, link):

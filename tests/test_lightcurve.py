@@ -191,3 +191,14 @@ def test_build_lightcurve_uses_the_config_given_and_reads_no_file(dataset, tmp_p
     assert again.target == "given-not-read"
     assert again.table.meta["reduction_config"]["target"]["name"] == "given-not-read"
     assert again.table.meta["reduction_config"]["source"] == str(red / "reduction_config.yaml")
+
+
+def test_unknown_config_keys_never_reach_the_provenance(dataset):
+    red, truth, bad, phot, lc = dataset
+    config = load_reduction_config(red / "reduction_config.yaml")
+    config.photometry.extra = {"tom_pw": "hunter2-typed-here"}  # an unknown key, kept aside
+    again = build_lightcurve(red, config)
+    provenance = again.table.meta["reduction_config"]
+    assert "extra" not in provenance["photometry"]
+    assert "hunter2" not in repr(provenance)
+    assert provenance["photometry"]["aperture_arcsec"] == config.photometry.aperture_arcsec

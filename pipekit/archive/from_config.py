@@ -23,7 +23,7 @@ def archive_from_config(cfg, **kwargs):
     Parameters
     ----------
     cfg : ArchiveConfig or dict
-        Needs ``url``; ``token_envvar``, ``name``, ``timeout`` (read timeout,
+        Needs ``url``; ``token_envvar``, ``name``, ``max_seconds``, ``timeout`` (read timeout,
         seconds) and ``retries`` are used when present.
         An ``http(s)://`` URL gives an :class:`LCOArchive`; a ``file://`` URL
         or a plain folder path gives a :class:`LocalArchive`.
@@ -58,6 +58,8 @@ timeout=(5, 60), retries=5)
             kwargs.setdefault("timeout", (min(5.0, float(timeout)), float(timeout)))
         if retries is not None:
             kwargs.setdefault("retries", int(retries))
+        if _cfg(cfg, "max_seconds") is not None:
+            kwargs.setdefault("max_seconds", float(_cfg(cfg, "max_seconds")))
         return LCOArchive(url, token_envvar=_cfg(cfg, "token_envvar"), name=name, **kwargs)
     if parts.scheme == "file":
         folder = urllib.request.url2pathname(parts.path)

@@ -17,8 +17,9 @@ import requests
 from .. import lco
 from ..atomic import AtomicFile
 from ..errors import ArchiveAuthError, ArchiveError
-from ..http import (RetryableError, backoff_wait, call_with_retries, describe_error, redact,
-                    redact_url, retry_after_seconds, server_message)
+from ..http import (Deadline, RetryableError, backoff_wait, call_with_retries, describe_error,
+                    iter_body, redact_url, retry_after_seconds, server_message)
+from ..secrets import register_envvar, scrub
 from .paging import MAX_LIMIT, MIN_SPLIT_SPAN, exact_span, split_window
 from .records import CHUNK_SIZE, ArchiveRecord, safe_destination
 
@@ -44,6 +45,12 @@ def _time_param(when):
 
 #: Times a window is listed again when its frames changed while it was paged.
 WINDOW_ATTEMPTS = 3
+#: Default overall bound of one query or one download (seconds).
+MAX_SECONDS = 3600.0
+#: Default most pages read by one query.
+MAX_PAGES = 10_000
+#: Default largest frame accepted when its size is declared nowhere (bytes).
+MAX_FRAME_BYTES = 4 << 30
 
 
 _RETRYABLE = (requests.ConnectionError, requests.Timeout,
@@ -91,6 +98,15 @@ class LCOArchive:
         should not carry credentials of its own.
     name : str, optional
         A label for logs (the archive's name in ``data_download.yaml``).
+    max_seconds : float or None
+        Longest a whole query, or one download, may take (s); past it the
+        conversation stops with an `ArchiveError`. None for no bound.
+    max_pages : int
+        Most pages one query may read; a listing whose pages never end stops
+        with an `ArchiveError` here at the latest.
+    max_frame_bytes : int
+        Largest body accepted for a frame whose size is declared neither in
+        its ``version_set`` nor by ``Content-Length``.
 
     Examples
     --------
@@ -100,17 +116,22 @@ class LCOArchive:
     """
 
     def __init__(self, url=DEFAULT_URL, token_envvar=None, timeout=(5, 60), retries=5,
-                 backoff=0.5, max_backoff=30.0, max_retry_after=300.0, session=None, name=None):
+                 backoff=0.5, max_backoff=30.0, max_retry_after=300.0, session=None, name=None,
+                 max_seconds=MAX_SECONDS, max_pages=MAX_PAGES, max_frame_bytes=MAX_FRAME_BYTES):
         if not url or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise ArchiveError(f"archive url {url!r} is not an http(s) URL")
         self.url = url if url.endswith("/") else url + "/"
         self.token_envvar = token_envvar or None
+        register_envvar(self.token_envvar)
         self.timeout = timeout
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.max_retry_after = float(max_retry_after)
         self.name = name or urllib.parse.urlsplit(self.url).netloc
+        self.max_seconds = float(max_seconds) if max_seconds else None
+        self.max_pages = int(max_pages)
+        self.max_frame_bytes = int(max_frame_bytes)
         self._session = session
         self._local = threading.local()
         self._warned_anonymous = False
@@ -127,6 +148,8 @@ class LCOArchive:
         return state
 
     def __setstate__(self, state):
+        state = {"max_seconds": MAX_SECONDS, "max_pages": MAX_PAGES,
+                 "max_frame_bytes": MAX_FRAME_BYTES, **state}
         self.__dict__.update(state)
         self._local = threading.local()
 
@@ -163,6 +186,7 @@ class LCOArchive:
     def _token(self):
         if not self.token_envvar:
             return None
+        register_envvar(self.token_envvar)
         token = os.environ.get(self.token_envvar)
         if not token:
             raise ArchiveAuthError(
@@ -177,9 +201,9 @@ class LCOArchive:
             return {}
         return {"Authorization": f"Token {token}"}
 
-    def _redact(self, text):
-        token = os.environ.get(self.token_envvar) if self.token_envvar else None
-        return redact(text, [token.strip()] if token else [])
+    @staticmethod
+    def _redact(text):
+        return scrub(text)
 
     # -- retries ----------------------------------------------------------
 
@@ -187,11 +211,16 @@ class LCOArchive:
         reason = failure.reason if failure.error is None else describe_error(failure.error)
         return self._redact(reason)
 
-    def _retrying(self, what, attempt_fn):
+    def _retrying(self, what, attempt_fn, deadline=None):
         def wait(attempt, failure):
             if failure.wait is None:
-                return backoff_wait(attempt, self.backoff, self.max_backoff)
-            return min(failure.wait, self.max_retry_after)
+                seconds = backoff_wait(attempt, self.backoff, self.max_backoff)
+            else:
+                seconds = min(failure.wait, self.max_retry_after)
+            if deadline is not None:
+                if seconds >= deadline.remaining():
+                    raise ArchiveError(deadline.message(f"last failure: {self._reason(failure)}"))
+            return seconds
 
         def announce(failure, attempt, seconds):
             log.warning("%s: %s; retry %d of %d in %.2f s", what, self._reason(failure),
@@ -302,7 +331,9 @@ class LCOArchive:
         else:
             pending = [(t0, t1)]
         records, seen = [], set()
-        stats = {"windows": 0, "pages": 0, "splits": 0}
+        stats = {"windows": 0, "pages": 0, "splits": 0,
+                 "deadline": Deadline(self.max_seconds, f"archive {self.name}: query of "
+                                      f"proposal {proposal_id}, {start} to {end}")}
         while pending:
             w0, w1 = pending.pop()
             listing = self._list_window(base, w0, w1, int(limit), proposal_id, stats)
@@ -341,7 +372,9 @@ class LCOArchive:
             got, offset, count = {}, 0, None
             while True:
                 what = f"archive query {redact_url(url)} ({label}, offset {offset})"
-                data = self._get_page(url, dict(params, limit=limit, offset=offset), what)
+                self._check_bounds(stats, what)
+                data = self._get_page(url, dict(params, limit=limit, offset=offset), what,
+                                      stats.get("deadline"))
                 stats["pages"] += 1
                 if data.get("count_estimated") is True:
                     return None
@@ -373,7 +406,17 @@ class LCOArchive:
                            f"{count} the archive counts, {WINDOW_ATTEMPTS} times; the listing "
                            "is incomplete, so it is not used")
 
-    def _get_page(self, url, params, what):
+    def _check_bounds(self, stats, what):
+        pages = f"{stats['pages']} pages read"
+        deadline = stats.get("deadline")
+        if deadline is not None:
+            deadline.check(ArchiveError, pages)
+        if stats["pages"] >= self.max_pages:
+            raise ArchiveError(f"{what}: stopped after {pages}, the most one query may read "
+                               f"(max_pages = {self.max_pages}); the archive's listing does "
+                               "not end")
+
+    def _get_page(self, url, params, what, deadline=None):
         def attempt():
             resp = self.session.get(url, params=params, headers=self._auth_headers(url),
                                     timeout=self.timeout)
@@ -383,7 +426,7 @@ class LCOArchive:
             except ValueError as exc:
                 raise RetryableError(f"response is not JSON ({exc})") from None
 
-        data = self._retrying(what, attempt)
+        data = self._retrying(what, attempt, deadline)
         if not isinstance(data, dict) or not isinstance(data.get("results"), list):
             raise ArchiveError(f"{what}: expected a JSON object with a 'results' list, "
                                f"got {str(data)[:200]!r}")
@@ -475,8 +518,10 @@ class LCOArchive:
         folder.mkdir(parents=True, exist_ok=True)
         expected = record.md5.lower() if record.md5 else None
         what = f"download of {record.filename} from {redact_url(record.url)}"
+        deadline = Deadline(self.max_seconds, what)
 
         def attempt():
+            deadline.check(ArchiveError)
             # None removes any Authorization a caller's session might add.
             resp = self.session.get(record.url, headers={"Authorization": None},
                                     timeout=self.timeout, stream=True)
@@ -484,10 +529,17 @@ class LCOArchive:
                 self._check_download_status(resp, what)
                 length = resp.headers.get("Content-Length")
                 encoded = resp.headers.get("Content-Encoding", "identity") not in ("identity", "")
+                limit, declared = self._size_limit(record, None if encoded else length)
                 out = AtomicFile(final, digest="md5")
                 try:
-                    for chunk in resp.iter_content(CHUNK_SIZE):
+                    for chunk in iter_body(resp, CHUNK_SIZE):
+                        if out.size + len(chunk) > limit:
+                            raise ArchiveError(
+                                f"{what}: the body goes on past the {limit} bytes {declared}; "
+                                "stopped and removed the partial file (a server sending a "
+                                "frame that never ends)")
                         out.write(chunk)
+                        deadline.check(ArchiveError, f"{out.size} bytes received")
                     out.close()
                     if length is not None and not encoded and out.size != int(length):
                         raise RetryableError(f"truncated body: {out.size} of {length} bytes")
@@ -499,9 +551,21 @@ class LCOArchive:
                     raise
             return out
 
-        out = self._retrying(what, attempt)
+        out = self._retrying(what, attempt, deadline)
         log.debug("downloaded %s (%s)", final.name, out.hexdigest)
         return out
+
+    def _size_limit(self, record, length):
+        """The most bytes a frame's body may have, and where that number comes from."""
+        if record.size:
+            return int(record.size), "its archive record declares (version_set size)"
+        try:
+            if length is not None and int(length) >= 0:
+                return int(length), "its Content-Length declares"
+        except ValueError:
+            pass
+        return self.max_frame_bytes, ("accepted for a frame of undeclared size "
+                                      "(max_frame_bytes)")
 
     def _check_download_status(self, resp, what):
         code = resp.status_code

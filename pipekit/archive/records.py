@@ -92,6 +92,9 @@ class ArchiveRecord:
     configuration_type: str = None
     request_id: object = None
     public_date: str = None
+    #: Bytes of the file, as ``version_set`` declares it (None when not given):
+    #: a download stops there.
+    size: int = None
 
     @classmethod
     def from_api(cls, data):
@@ -160,6 +163,7 @@ class ArchiveRecord:
             configuration_type=lco.clean_str(get("configuration_type")),
             request_id=get("request_id"),
             public_date=lco.clean_str(get("public_date")),
+            size=record_int((version or {}).get("size") or data.get("size")),
         )
 
 
