@@ -396,25 +396,6 @@ def load_manager_config(path):
     return config
 
 
-def _refuse_seed_tom_config(source, data):
-    """One message saying how to migrate the existing pipeline's tom_config.yaml."""
-    seed_keys = [k for k in ("tom_user_id", "tom_password") if k in data]
-    if not seed_keys:
-        return
-    user = data.get("tom_user_id")
-    user = repr(str(user)) if user is not None else "<your TOM user name>"
-    url = data.get("url") or data.get("tom_url") or "<the TOM's URL>"
-    # The password's value is never repeated: only the key's name.
-    raise ConfigError(
-        f"{source}: key(s) {', '.join(repr(k) for k in seed_keys)} are the existing "
-        "microlensing pipeline's TOM config; pipekit reads the password only from an "
-        "environment variable. To migrate, write this file as\n"
-        f"  url: '{url}'\n  username: {user}\n  password_envvar: 'TOM_PASSWORD'\n"
-        "(i.e. 'tom_user_id' becomes 'username', 'tom_password' is deleted), and before "
-        "running pipekit export the password in that variable: export TOM_PASSWORD='...'. "
-        "Any variable name works; 'password_envvar' names it.")
-
-
 _SECRET_KEYS = {"password": "password_envvar", "token": "token_envvar",
                 "api_key": "token_envvar", "apikey": "token_envvar"}
 
@@ -439,7 +420,6 @@ def load_tom_config(path):
         error (its value is never repeated): secrets belong in environment variables.
     """
     source, data = read_yaml(path)
-    _refuse_seed_tom_config(source, data)
     top = Section(source, data)
     for key, envkey in _SECRET_KEYS.items():
         _refuse_literal_secret(source, top, key, envkey)

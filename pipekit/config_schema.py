@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .lco import parse_utc
 
 __all__ = ["UNSET_STRINGS", "is_unset", "yaml_key", "NOT_IN_FILE", "MISSING", "Section", "build",
-           "read_yaml", "DATE_TIME", "DATE"]
+           "read_yaml", "refuse_seed_tom_config", "DATE_TIME", "DATE"]
 
 log = logging.getLogger("pipekit.config")
 
@@ -295,8 +295,37 @@ def read_yaml(path):
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, "
                           f"found {type(data).__name__}")
+    refuse_seed_tom_config(path, data)
     _refuse_literal_secrets(path, data, "")
     return path.resolve(), data
+
+
+def refuse_seed_tom_config(source, data):
+    """Refuse the existing pipeline's ``tom_config.yaml`` with one message saying how to migrate.
+
+    Its ``tom_user_id``/``tom_password`` keys hold a literal password: checked before the
+    general literal-secret refusal, so the user reads how to migrate, not only what is wrong.
+
+    Raises
+    ------
+    ConfigError
+        When ``data`` has ``tom_user_id`` or ``tom_password`` at the top level.
+    """
+    seed_keys = [k for k in ("tom_user_id", "tom_password") if k in data]
+    if not seed_keys:
+        return
+    user = data.get("tom_user_id")
+    user = repr(str(user)) if user is not None else "<your TOM user name>"
+    url = data.get("url") or data.get("tom_url") or "<the TOM's URL>"
+    # The password's value is never repeated: only the key's name.
+    raise ConfigError(
+        f"{source}: key(s) {', '.join(repr(k) for k in seed_keys)} are the existing "
+        "microlensing pipeline's TOM config; pipekit reads the password only from an "
+        "environment variable. To migrate, write this file as\n"
+        f"  url: '{url}'\n  username: {user}\n  password_envvar: 'TOM_PASSWORD'\n"
+        "(i.e. 'tom_user_id' becomes 'username', 'tom_password' is deleted), and before "
+        "running pipekit export the password in that variable: export TOM_PASSWORD='...'. "
+        "Any variable name works; 'password_envvar' names it.")
 
 
 def _not_utf8(path, raw, exc):
