@@ -282,11 +282,19 @@ def _target_on_reference(frame, best, cands, config, s, bkg):
     how = f"header WCS (median of {len(ex)} frames' WCS, {np.hypot(sx - tx, sy - ty):.1f} px " \
           "from the reference frame's own)"
     win = max(s["centroid"], s["radius"])
+    # how far to look: three times the uncertainty of that median, from the opinions' spread
+    spread = 1.4826 * np.median(np.hypot(np.subtract(ex, sx), np.subtract(ey, sy)))
+    search = float(min(max(win, 3 * 1.25 * spread / np.sqrt(len(ex))), s["max_shift"]))
     flat = np.ascontiguousarray(frame.data - bkg.map)  # no gradient to pull the centroid
     ny, nx = flat.shape
     if win > 0 and win < sx < nx - 1 - win and win < sy < ny - 1 - win:
         sky = float(bkg.map[int(round(sy)), int(round(sx))])
         cx, cy, k = sx, sy, 0
+        px, py, _ = bright_sources(frame.data, best.fwhm, n=300, background=bkg,
+                                   saturate=frame.info.saturate)
+        d = np.hypot(px - sx, py - sy)
+        if len(d) and d.min() <= search:  # start from the nearest source in reach
+            cx, cy = float(px[np.argmin(d)]), float(py[np.argmin(d)])
         for _ in range(2):  # twice: a start a few pixels off converges
             dx, dy, k = centroid_shift(flat, [cx], [cy], win, np.zeros(1), max_shift=win)
             cx, cy = cx + dx, cy + dy
@@ -295,8 +303,9 @@ def _target_on_reference(frame, best, cands, config, s, bkg):
         flux = float(sums[0])
         noise = float(np.sqrt(max(flux, 0) / gain + area[0] * (max(sky, 0) / gain
                                                              + (rdnoise / gain) ** 2)))
-        if k and flux > 10 * noise and np.hypot(cx - sx, cy - sy) <= win:
-            return cx, cy, f"centroided (S/N {flux / noise:.0f}) from the {how}"
+        if k and flux > 10 * noise and np.hypot(cx - sx, cy - sy) <= search:
+            return cx, cy, (f"centroided (S/N {flux / noise:.0f}), searched within "
+                            f"{search:.0f} px of the {how}")
     log.info("%s: target not detectable near its WCS position; using the %s (set "
              "photometry.target_xy to pin it)", best.path.name, how)
     return sx, sy, how

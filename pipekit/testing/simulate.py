@@ -438,7 +438,9 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
     cosmic_rays : int
         Cosmic-ray hits per frame at random places (500-20000 ADU).
     target_hits : sequence of int
-        Frames with a cosmic ray inside the target's aperture (1500-8000 ADU).
+        Frames with a cosmic ray inside the target's 3 arcsec aperture (1500-8000 ADU).
+        ``meta["cr_near_target_px"]`` lists, per frame, the distance of every hit within
+        10 arcsec of the target.
     bad_columns, nan_pixels : int
         NaN columns (never within 40 px of the target) and random NaN pixels per frame.
 
@@ -470,7 +472,7 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
     fwhm = rng.uniform(*seeing, n_frames)
     skies = rng.uniform(*sky_range, n_frames)
     transp = rng.uniform(*transparency_range, n_frames)
-    files, xs, ys, fluxes = [], [], [], []
+    files, xs, ys, fluxes, cr_near_target = [], [], [], [], []
     cosd = np.cos(np.radians(dec))
     for i in range(n_frames):
         jx, jy = rng.normal(0.0, jitter_arcsec, 2) / 3600.0
@@ -494,9 +496,11 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
             slope = sky_gradient / max(shape) * np.array([np.cos(phi), np.sin(phi)])
         crs = [(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]),
                 float(np.exp(rng.uniform(np.log(500), np.log(2e4))))) for _ in range(cosmic_rays)]
-        if i in target_hits:
-            r, phi = rng.uniform(0, 3.0), rng.uniform(0, 2 * np.pi)
+        if i in target_hits:  # anywhere in a 3 arcsec aperture, evenly over its area
+            r, phi = 0.95 * 3.0 / pixscale * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
             crs.append((tx + r * np.cos(phi), ty + r * np.sin(phi), rng.uniform(1500, 8000)))
+        cr_near_target.append([round(float(np.hypot(cx - tx, cy - ty)), 2) for cx, cy, _ in crs
+                               if np.hypot(cx - tx, cy - ty) < 10 / pixscale])
         cols = []
         if bad_columns:
             cols = [c for c in rng.integers(0, shape[1], 3 * bad_columns) if abs(c - tx) > 40]
@@ -537,5 +541,6 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
         meta={"target": target, "ra": ra, "dec": dec, "instrument": instrument,
               "filter": filter, "site": site, "shape": shape, "blend_flux": blend_flux,
               "wcserr": [4 if i in pointing_only else 0 for i in range(n_frames)],
-              "target_hits": sorted(int(i) for i in target_hits)},
+              "target_hits": sorted(int(i) for i in target_hits),
+              "cr_near_target_px": cr_near_target},
     )
