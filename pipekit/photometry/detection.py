@@ -133,19 +133,25 @@ def bright_sources(data, fwhm, *, n=40, nsigma=5.0, background=None, saturate=No
     from scipy.ndimage import gaussian_filter, maximum_filter
 
     bkg = background if background is not None else background_map(data)
-    img = np.asarray(data, float) - bkg.map
-    img = np.where(np.isfinite(img), img, 0.0)
-    sig = max(fwhm / 2.3548, 0.5)
-    smooth = gaussian_filter(img, sig, truncate=3.0)
-    # the smoothed noise of white noise: rms / (2 sqrt(pi) sigma)
-    thresh = nsigma * max(bkg.rms, 1e-12) / (2 * np.sqrt(np.pi) * sig)
-    h = max(2, int(round(fwhm)))
-    peaks = (smooth == maximum_filter(smooth, size=2 * h + 1)) & (smooth > thresh)
+    img = np.asarray(data, np.float32) - bkg.map.astype(np.float32)
+    img[~np.isfinite(img)] = 0.0
     ny, nx = img.shape
+    # peaks are looked for on a 2 x 2 binned image when the PSF is wide enough (4x cheaper);
+    # the centroids below are measured at full resolution
+    b = 2 if fwhm >= 3.0 and min(ny, nx) >= 64 else 1
+    small = img[:ny // b * b, :nx // b * b].reshape(ny // b, b, nx // b, b).mean(axis=(1, 3))
+    sig = max(fwhm / b / 2.3548, 0.5)
+    smooth = gaussian_filter(small, sig, truncate=3.0)
+    # the smoothed noise of white noise: rms / b / (2 sqrt(pi) sigma)
+    thresh = nsigma * max(bkg.rms, 1e-12) / b / (2 * np.sqrt(np.pi) * sig)
+    hb = max(1, int(round(fwhm / b)))
+    peaks = (smooth == maximum_filter(smooth, size=2 * hb + 1)) & (smooth > thresh)
+    h = max(2, int(round(fwhm)))
     iy, ix = np.nonzero(peaks)
-    edge = (ix >= h) & (ix < nx - h) & (iy >= h) & (iy < ny - h)
-    ix, iy = ix[edge], iy[edge]
-    order = np.argsort(smooth[iy, ix])[::-1][: 3 * n]
+    ix, iy = ix * b + (b - 1) / 2.0, iy * b + (b - 1) / 2.0
+    order = np.argsort(smooth[peaks])[::-1]
+    edge = (ix[order] >= h) & (ix[order] < nx - h) & (iy[order] >= h) & (iy[order] < ny - h)
+    order = order[edge][: 3 * n]
     cx, cy = ix[order].astype(float), iy[order].astype(float)
     off = np.arange(-h, h + 1)
     for _ in range(3):
