@@ -7,6 +7,7 @@ errors name the file, the dotted key, the value and what was expected.
 """
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -151,8 +152,23 @@ class PhotometryConfig:
     reference_frame : str or None
         YAML key ``reference_image`` (the existing pipeline's name; ``reference_frame``
         is accepted too): file name of the frame of the dataset to detect field stars
-        on, instead of the automatic choice (best seeing). ``x.fits`` also names
-        ``x.fits.fz``. None picks one.
+        on, instead of the automatic choice (the deepest frame with a good WCS).
+        ``x.fits`` also names ``x.fits.fz``. None picks one.
+    target_xy : list of float or None
+        ``[x, y]`` (0-based pixels) of the target on the reference frame, for a target too
+        faint to centroid there; None centroids it near its WCS position.
+    min_field_stars : int
+        Fewer field stars detected on the reference frame than this: the step fails.
+    align_max_shift_arcsec : float
+        Largest offset of a frame's header WCS (``WCSERR`` 0) from the stars that alignment
+        accepts; frames with a failed astrometric fit (``WCSERR`` non-zero) are searched
+        without a bound.
+    align_max_rotation_deg : float
+        Largest rotation between a frame and the reference frame's star pattern.
+    align_tolerance_arcsec : float
+        Distance within which a transformed reference star matches a detected one.
+    cosmic_ray_sigma : float
+        Noise threshold of the cosmic-ray test in the apertures; 0 turns it off.
     extra : dict
         Keys pipekit does not know (warned about, kept here).
     """
@@ -169,7 +185,25 @@ class PhotometryConfig:
     reference_frame: str | None = field(default=None, metadata=yaml_key(
         "reference_image", ("reference_frame",), expected="the file name of one of the "
         "dataset's frames, or none"))
+    target_xy: list | None = field(default=None, metadata=yaml_key(
+        parse=lambda v: _pixel_pair(v), expected="[x, y]: two pixel coordinates"))
+    min_field_stars: int = field(default=8, metadata=yaml_key(minimum=3))
+    align_max_shift_arcsec: float = field(default=25.0, metadata=yaml_key(minimum=0.1))
+    align_max_rotation_deg: float = field(default=3.0, metadata=yaml_key(minimum=0))
+    align_tolerance_arcsec: float = field(default=0.8, metadata=yaml_key(minimum=0.01))
+    cosmic_ray_sigma: float = field(default=6.0, metadata=yaml_key(minimum=0))
     extra: dict = field(default_factory=dict, metadata={"extra": True})
+
+
+def _pixel_pair(value):
+    """``[x, y]`` as two finite floats, else None (the validator then names the key)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None
+    try:
+        xy = [float(v) for v in value if not isinstance(v, bool)]
+    except (TypeError, ValueError):
+        return None
+    return xy if len(xy) == 2 and all(math.isfinite(v) for v in xy) else None
 
 
 @dataclass

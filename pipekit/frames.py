@@ -82,6 +82,13 @@ class FrameInfo:
         Image size in pixels (``NAXIS1``/``NAXIS2`` of the image header).
     has_wcs : bool
         The header holds a celestial WCS (``CTYPE1``/``CTYPE2`` RA/DEC).
+    wcserr : int or None
+        BANZAI's ``WCSERR``: 0 when its astrometric fit succeeded; non-zero (e.g. 4) means
+        the WCS is the telescope's pointing only, possibly hundreds of pixels off.
+    telescope : str or None
+        ``TELESCOP`` (e.g. ``1m0-05``).
+    fwhm_arcsec : float or None
+        BANZAI's ``L1FWHM`` (arcsec).
     problems : list of str
         Reasons the frame cannot be used for photometry; empty when usable.
     """
@@ -112,6 +119,9 @@ class FrameInfo:
     naxis1: int | None = None
     naxis2: int | None = None
     has_wcs: bool = False
+    wcserr: int | None = None
+    telescope: str | None = None
+    fwhm_arcsec: float | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -324,6 +334,9 @@ def info_from_header(header, path=""):
         naxis1=clean_int(header.get("NAXIS1")) if naxis else None,
         naxis2=clean_int(header.get("NAXIS2")) if naxis else None,
         has_wcs=_has_celestial_wcs(header),
+        wcserr=clean_int(header.get("WCSERR")),
+        telescope=clean_str(header.get("TELESCOP")),
+        fwhm_arcsec=clean_float(header.get("L1FWHM"), positive=True),
     )
     info.problems = _problems(info, naxis)
     return info

@@ -27,6 +27,17 @@ __all__ = ["LightCurve", "build_lightcurve", "write_lightcurve", "tom_csv_text",
 
 log = logging.getLogger("pipekit.lightcurve")
 
+#: Quality columns of the light-curve ECSV: (column, per-frame meta key, description).
+_QUALITY = (
+    ("align_residual_px", "align_residual_px", "RMS of matched stars about the alignment fit"),
+    ("align_n_matched", "align_n_matched", "stars matched to the reference star pattern"),
+    ("align_offset_px", "align_offset_px", "header WCS error absorbed by the alignment (px)"),
+    ("sky_level", "sky_level", "median sky of the frame (ADU per pixel)"),
+    ("sky_gradient", "sky_gradient", "range of the frame's background map (ADU)"),
+    ("fwhm_px", "fwhm_px", "PSF FWHM (pixels)"),
+    ("cr_hits", "cr_hits_target", "cosmic-ray pixels in the target's aperture"),
+)
+
 #: Instrumental magnitudes are ``DEFAULT_ZEROPOINT - 2.5 log10(normalised flux)``.
 DEFAULT_ZEROPOINT = 25.0
 
@@ -39,7 +50,9 @@ class LightCurve:
     ----------
     table : astropy.table.Table
         ``time`` (BJD_TDB), ``mjd_utc`` (mid-exposure), ``flux``, ``flux_err`` (normalised
-        ADU), ``mag``, ``mag_err`` (instrumental), ``frame``, ``flags``; sorted by time. The
+        ADU), ``mag``, ``mag_err`` (instrumental), ``frame``, ``flags``, then the frame's
+        quality figures (``align_residual_px``, ``align_n_matched``, ``align_offset_px``,
+        ``sky_level``, ``sky_gradient``, ``fwhm_px``, ``cr_hits``); sorted by time. The
         provenance is in ``table.meta``.
     target, filter : str
     rejected : dict
@@ -192,6 +205,12 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
         "flux": flux, "flux_err": err, "mag": mag, "mag_err": mag_err,
         "frame": frames, "flags": flags.astype(np.int32),
     })
+    # per-frame quality figures (NaN for files written before pipekit recorded them)
+    for col, key, what in _QUALITY:
+        table[col] = np.array([float(tables[i].meta.get(key, np.nan) if
+                                     tables[i].meta.get(key) is not None else np.nan)
+                               for i in idx])
+        table[col].description = what
     table["time"].unit = "d"
     table["time"].description = "mid-exposure BJD_TDB of the target (JD, TDB, barycentric)"
     table["mjd_utc"].unit = "d"
@@ -214,6 +233,9 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
         "aperture_radius_px": float(np.median([tables[i].meta["radius_px"] for i in idx])),
         "annulus_px": [float(first["annulus_in_px"]), float(first["annulus_out_px"])],
         "reference_frame": stars.meta.get("reference_frame"),
+        "reference_reason": stars.meta.get("reference_reason"),
+        "target_position": stars.meta.get("target_position"),
+        "settings_hash": first.get("settings_hash"),
         "zeropoint": zeropoint,
         "comparison_stars": [{"id": int(stars["id"][j]), "ra": float(stars["ra"][j]),
                               "dec": float(stars["dec"][j]),

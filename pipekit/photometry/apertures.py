@@ -67,8 +67,8 @@ def aperture_sums(data, x, y, radius, saturate=None):
         0-based pixel positions; they must lie within the frame (callers drop the others).
     radius : float
         Aperture radius in pixels.
-    saturate : float, optional
-        Pixels at or above this flag the star ``SATURATED``.
+    saturate : float or ndarray, optional
+        Pixels at or above this flag the star ``SATURATED`` (one value per star allowed).
 
     Returns
     -------
@@ -104,8 +104,12 @@ def aperture_sums(data, x, y, radius, saturate=None):
     in_area = w.sum(axis=(1, 2))
     flags[in_area < total * (1 - 1e-9)] |= EDGE
     flags[(used & ~finite).any(axis=(1, 2))] |= BAD_PIXELS
-    if saturate is not None and np.isfinite(saturate) and saturate > 0:
-        flags[(used & finite & (values >= saturate)).any(axis=(1, 2))] |= SATURATED
+    if saturate is not None:
+        sat = np.broadcast_to(np.asarray(saturate, float), (len(x),))
+        on = np.isfinite(sat) & (sat > 0)
+        if on.any():
+            hit = used & finite & (values >= sat[:, None, None])
+            flags[on & hit.any(axis=(1, 2))] |= SATURATED
     return sums, in_area, flags
 
 

@@ -18,10 +18,14 @@ import numpy as np
 from .. import lco
 from ..atomic import write_text_atomic
 from ..datasets import dataset_frames
-from ..errors import ConfigError, FrameError, PipekitError
-from .alignment import centroid_shift
-from .detection import detect_stars
+from ..errors import FrameError, PipekitError
+from .alignment import centroid_shift, match_stars
+from .cosmics import cosmic_ray_hits
+from .detection import background_map, bright_sources
+from .flags import COSMIC_RAY, OFF_FRAME
 from .frame import measure_frame
+from .reference import (check_pixels, frame_fwhm_px, frame_settings_hash, named_reference_frame,
+                        select_reference_stars, settings_px, star_list_hash)
 from .sky import annulus_sky
 from .times import bjd_tdb
 
@@ -68,39 +72,6 @@ class DatasetPhotometry:
     n_stars: int = 0
 
 
-def _settings(config, pixscale):
-    p = config.photometry
-    return dict(radius=p.aperture_arcsec / pixscale, annulus_in=p.annulus_inner_arcsec / pixscale,
-                annulus_out=p.annulus_outer_arcsec / pixscale,
-                edge=p.edge_margin_arcsec / pixscale,
-                centroid=p.centroid_box_arcsec / pixscale, sigma=p.sky_sigma_clip)
-
-
-def _header_fwhm(header, pixscale):
-    """FWHM in pixels from BANZAI's ``L1FWHM`` (arcsec) or ``FWHM`` (pixels), else None."""
-    fwhm = lco.clean_float(header.get("L1FWHM"), positive=True)
-    if fwhm is not None:
-        return fwhm / pixscale
-    return lco.clean_float(header.get("FWHM"), positive=True)
-
-
-def _seeing(path):
-    """The FWHM in pixels a frame's header states (no pixels read), or None."""
-    from astropy.io import fits
-
-    try:
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            # the image's header: extension SCI (.fits.fz), else the first image
-            header = next((h.header for h in hdul if h.name == "SCI"), None)
-            if header is None:
-                header = next((h.header for h in hdul if h.is_image
-                               and (h.header.get("NAXIS") or 0) >= 2), hdul[0].header)
-            pixscale = lco.clean_float(header.get("PIXSCALE"), positive=True) or 1.0
-            return _header_fwhm(header, pixscale)
-    except Exception:  # noqa: BLE001 - an unreadable frame only loses its place in the order
-        return None
-
-
 def load_dataset_config(red_dir, config=None):
     """The dataset's reduction config: ``config`` when given, else its file, loaded once.
 
@@ -131,99 +102,28 @@ def write_ecsv(table, path):
 
 
 def _reference_stars(frames, phot_dir, config, rejected):
-    """Detect field stars once on a reference frame; return the star table (target first)."""
+    """The dataset's star list: from disk when made with today's settings, else anew."""
     from astropy.table import Table
 
     path = phot_dir / REFERENCE_STARS
     if path.exists():
-        return Table.read(path, format="ascii.ecsv")
-    from ..frames import read_frame
-
-    wanted = config.photometry.reference_frame
-    order = list(frames)
-    if wanted:
-        order = [_reference_frame(frames, config, phot_dir.parent)]
-    else:
-        # best seeing (BANZAI's L1FWHM) first, the middle frame when headers do not say
-        scores = [(_seeing(f) or np.inf, abs(i - len(order) / 2)) for i, f in enumerate(order)]
-        order = [order[i] for i in sorted(range(len(order)), key=lambda i: scores[i])]
-    # Kept apart from ``rejected`` until no frame will do: a frame the target is off
-    # may still be measured (its stars flagged) once another frame is the reference.
-    target_off = {}
-    for f in order:
-        try:
-            frame = read_frame(f)
-        except FrameError as exc:
-            rejected[f.name] = str(exc)
-            continue
-        info = frame.info
-        if frame.wcs is None or info.problems:
-            rejected[f.name] = f"{f}: " + ("; ".join(info.problems) or "no celestial WCS")
-            continue
-        try:
-            _check_pixels(frame.data, f)
-        except FrameError as exc:
-            rejected[f.name] = str(exc)
-            continue
-        s = _settings(config, info.pixscale)
-        tx, ty = frame.wcs.all_world2pix([config.target.ra], [config.target.dec], 0)
-        ny, nx = frame.data.shape
-        if not (0 <= tx[0] <= nx - 1 and 0 <= ty[0] <= ny - 1):
-            # a WCS pointing elsewhere must not define the star list of the whole dataset
-            log.warning("%s: target off this frame; not used as the reference frame", f.name)
-            target_off[f.name] = (f"{f}: {_target_position(config)} falls outside this frame "
-                                  f"(at pixel x={tx[0]:.0f}, y={ty[0]:.0f} of {nx} x {ny})")
-            continue
-        fwhm = _header_fwhm(frame.header, info.pixscale) or 2.0 / info.pixscale
-        found = detect_stars(frame.data, fwhm, config.photometry.detection_sigma,
-                             max_stars=4 * config.photometry.max_field_stars,
-                             saturate=info.saturate, border=s["annulus_out"],
-                             min_separation=s["radius"] + fwhm)
-        ra, dec = frame.wcs.all_pix2world(found["x"], found["y"], 0)
-        # the target itself (and stars blended with it) are not field stars
-        far = np.hypot(found["x"] - tx[0], found["y"] - ty[0]) > s["annulus_in"]
-        found, ra, dec = found[far], ra[far], dec[far]
-        n = min(len(found), config.photometry.max_field_stars)
-        stars = Table({
-            "id": np.arange(n + 1),
-            "ra": np.concatenate([[config.target.ra], ra[:n]]),
-            "dec": np.concatenate([[config.target.dec], dec[:n]]),
-            "x_ref": np.concatenate([tx, found["x"][:n]]),
-            "y_ref": np.concatenate([ty, found["y"][:n]]),
-            "flux_ref": np.concatenate([[np.nan], found["flux"][:n]]),
-            "is_target": np.arange(n + 1) == 0,
-        })
-        stars.meta = {"reference_frame": f.name, "fwhm_px": float(fwhm),
-                      "target": config.target.name,
-                      "detection_sigma": float(config.photometry.detection_sigma)}
-        write_ecsv(stars, path)
-        log.info("%s: %d field stars detected on %s", phot_dir.parent, n, f.name)
-        return stars
-    others = {f.name: rejected[f.name] for f in order if f.name in rejected}
-    rejected.update(target_off)
-    if target_off:
-        config_file = config.source or phot_dir.parent / "reduction_config.yaml"
-        where = f"all {len(order)} frames" if len(order) > 1 else f"the frame {order[0].name}"
-        if others:
-            where = (f"all {len(target_off)} readable frames (the other "
-                     f"{len(others)} rejected: {others})")
-        raise PipekitError(f"{phot_dir.parent}: {_target_position(config)} falls outside "
-                           f"{where}: check target.RA/target.Dec in {config_file}")
-    raise PipekitError(f"{phot_dir.parent}: no usable reference frame among {len(frames)} frames "
-                       f"(reasons: {rejected})")
+        stars = Table.read(path, format="ascii.ecsv")
+        if stars.meta.get("settings_hash") == star_list_hash(config):
+            return stars
+        log.info("%s: star-list settings changed; choosing the reference frame again", path)
+    stars = select_reference_stars(frames, config, rejected, phot_dir.parent)
+    write_ecsv(stars, path)
+    return stars
 
 
-def _reference_frame(frames, config, red_dir):
-    """The frame ``photometry.reference_image`` names (by file name or stem), or ConfigError."""
-    wanted = config.photometry.reference_frame
-    stem = lco.frame_stem(wanted)
-    for f in frames:  # the seed funpacks: 'x.fits' in its config names pipekit's 'x.fits.fz'
-        if f.name == wanted or lco.frame_stem(f) == stem:
-            return f
-    raise ConfigError(f"{config.source or Path(red_dir) / 'reduction_config.yaml'}: key "
-                      f"'photometry.reference_image' = {wanted!r} names no frame of the dataset "
-                      f"{red_dir} ({len(frames)} frames at its top and in data/); expected the "
-                      "file name of one of its frames, or none to choose automatically")
+def _done_with(path, settings_hash):
+    """True when the per-frame file exists and was made with ``settings_hash``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = fh.read(16384)
+    except OSError:
+        return False
+    return f"settings_hash: {settings_hash}" in head
 
 
 def frame_photometry_path(red_dir, frame_name):
@@ -279,41 +179,40 @@ def invalidate_frame(red_dir, frame_name):
     return path
 
 
-def _target_position(config):
-    return f"target at RA {config.target.ra:.5f} deg, Dec {config.target.dec:+.5f} deg"
-
-
-def _check_pixels(data, path):
-    finite = np.isfinite(data[::4, ::4]).mean()
-    if finite < 0.5:
-        raise FrameError(f"{path}: {100 * (1 - finite):.0f}% of the image is NaN or infinite; "
-                         "expected a reduced image")
-
-
 def measure_frame_file(path, stars, config, bright):
-    """Read one frame file, place the stars through its WCS and measure them.
+    """Read one frame file, align it with the reference stars and measure them.
+
+    Stars are placed through the frame's header WCS, then moved by the similarity
+    transform (shift, rotation, scale) that matches the frame's own bright stars to the
+    reference star pattern (`match_stars`), then refined by one common centroid shift.
+    The header WCS is only a first guess: errors of tens of pixels and degrees are absorbed;
+    a frame with a failed astrometric fit (``WCSERR`` non-zero) is matched without a bound
+    on the offset. Cosmic-ray hits inside the apertures are counted and flagged.
 
     Parameters
     ----------
     path : str or Path
         A frame file (any suffix in `pipekit.lco.FRAME_SUFFIXES`).
     stars : astropy.table.Table
-        ``id, ra, dec`` of the stars (the target is ``id`` 0), as in ``reference_stars.ecsv``.
+        ``id, ra, dec, flux_ref`` of the stars (the target is ``id`` 0), as in
+        ``reference_stars.ecsv``.
     config : pipekit.config.ReductionConfig
     bright : array_like of int
-        Rows of ``stars`` to align the frame with (one common centroid shift).
+        Rows of ``stars`` to align the frame with (brightest first).
 
     Returns
     -------
     astropy.table.Table
-        `measure_frame`'s table with an ``id`` column first; ``meta`` holds the frame's
-        facts (times, BJD_TDB, filter, gain, radii in pixels, shift).
+        `measure_frame`'s table with ``id`` first and ``cr_hits`` last; ``meta`` holds the
+        frame's facts (times, BJD_TDB, filter, gain, radii in pixels), its quality figures
+        (alignment transform, residual and stars matched, sky level and gradient, FWHM,
+        cosmic-ray hits) and the settings hash.
 
     Raises
     ------
     FrameError
-        When the frame cannot be read, has no celestial WCS, misses header keys or is
-        mostly non-finite.
+        When the frame cannot be read, has no celestial WCS, misses header keys, is
+        mostly non-finite, or its stars cannot be matched to the reference stars.
     """
     from ..frames import read_frame
 
@@ -323,34 +222,85 @@ def measure_frame_file(path, stars, config, bright):
         raise FrameError(f"{path}: no celestial WCS; cannot place the target and field stars")
     if info.problems:
         raise FrameError(f"{path}: " + "; ".join(info.problems))
-    _check_pixels(frame.data, path)
-    s = _settings(config, info.pixscale)
+    check_pixels(frame.data, path)
+    s = settings_px(config, info.pixscale)
+    p = config.photometry
+    data = frame.data
+    ny, nx = data.shape
+    fwhm = frame_fwhm_px(frame.header, info.pixscale) or 2.0 / info.pixscale
     x, y = frame.wcs.all_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
+    bkg = background_map(data)
+    sx, sy, _ = bright_sources(data, fwhm, n=40, background=bkg, saturate=info.saturate)
+    bright = np.asarray(bright, int)
+    pointing_only = bool(info.wcserr)
+    max_shift = None if pointing_only else s["max_shift"]
+    bx, by = x[bright], y[bright]
+    if not pointing_only:  # only stars that can be on the frame, for similar star lists
+        on = (bx > -max_shift) & (bx < nx + max_shift) & (by > -max_shift) & \
+            (by < ny + max_shift)
+        bx, by = bx[on], by[on]
+    # star lists of similar depth share their triangles
+    k, kd = min(len(bx), len(sx) + 10), min(len(sx), len(bx) + 10)
+    match = match_stars(np.column_stack([bx[:k], by[:k]]), np.column_stack([sx[:kd], sy[:kd]]),
+                        tolerance=s["tolerance"], max_shift=max_shift,
+                        max_rotation_deg=p.align_max_rotation_deg,
+                        centre=((nx - 1) / 2, (ny - 1) / 2))
+    if match is None and len(bx) == 0:
+        tx, ty = x[0], y[0]
+        raise FrameError(f"{path}: alignment failed: the header WCS puts the target outside the "
+                         f"frame (pixel x={tx:.0f}, y={ty:.0f} of {nx} x {ny}) and no bright "
+                         f"reference star within {max_shift:.0f} px of the frame; the WCS "
+                         "points elsewhere")
+    if match is None:
+        bound = ("any offset searched (WCSERR = %d: pointing-only WCS)" % info.wcserr
+                 if pointing_only else f"header WCS within {s['max_shift']:.0f} px")
+        raise FrameError(f"{path}: alignment failed: its {len(sx)} detected stars do not match "
+                         f"the reference star pattern ({len(bx)} stars; {bound})")
+    x, y = match.transform.apply(x, y)
     dx = dy = 0.0
     n_shift = 0
     if s["centroid"] > 0 and len(bright):
+        # on the background-subtracted image: a gradient under the window would pull
+        # every centroid uphill
+        flat = np.ascontiguousarray(data - bkg.map)
         bx, by = x[bright], y[bright]
-        sky_b, _, _ = annulus_sky(frame.data, bx, by, s["annulus_in"], s["annulus_out"],
-                                  s["sigma"])
-        dx, dy, n_shift = centroid_shift(frame.data, bx, by, max(s["centroid"], s["radius"]),
+        sky_b, _, _ = annulus_sky(flat, bx, by, s["annulus_in"], s["annulus_out"], s["sigma"])
+        dx, dy, n_shift = centroid_shift(flat, bx, by, max(s["centroid"], s["radius"]),
                                          sky_b, max_shift=max(s["centroid"], s["radius"]))
         if n_shift:
             x, y = x + dx, y + dy
-    table = measure_frame(frame.data, np.column_stack([x, y]), s["radius"], s["annulus_in"],
+    table = measure_frame(data, np.column_stack([x, y]), s["radius"], s["annulus_in"],
                           s["annulus_out"], info.gain, info.rdnoise, info.saturate,
-                          sigma=s["sigma"], edge_margin=s["edge"])
+                          sigma=s["sigma"], edge_margin=s["edge"], background=bkg.map)
     table.add_column(np.asarray(stars["id"]), name="id", index=0)
+    hits = np.zeros(len(table), int)
+    if p.cosmic_ray_sigma > 0:
+        on = (np.asarray(table["flags"]) & OFF_FRAME) == 0
+        hits[on] = cosmic_ray_hits(data, x[on], y[on], s["radius"], fwhm, info.gain,
+                                   info.rdnoise, np.asarray(table["sky"])[on],
+                                   sigma=p.cosmic_ray_sigma)
+        table["flags"][hits > 0] |= COSMIC_RAY
+    table["cr_hits"] = hits
     mid = info.mid_time()
     bjd = bjd_tdb(mid, config.target.ra, config.target.dec, info.location())
+    t = match.transform
+    cx, cy = (nx - 1) / 2, (ny - 1) / 2
+    mx, my = t.apply(cx, cy)
     table.meta = {
         "frame": Path(path).name, "date_obs": info.date_obs, "exptime": info.exptime,
         "mjd_mid_utc": float(mid.mjd), "bjd_tdb": float(bjd.jd), "filter": info.filter,
         "instrument": info.instrument, "site": info.site, "pixscale": info.pixscale,
         "gain": info.gain, "rdnoise": info.rdnoise, "saturate": info.saturate,
-        "fwhm_px": _header_fwhm(frame.header, info.pixscale),
+        "fwhm_px": float(fwhm), "wcserr": info.wcserr,
         "radius_px": s["radius"], "annulus_in_px": s["annulus_in"],
-        "annulus_out_px": s["annulus_out"], "shift_px": [dx, dy], "n_shift_stars": n_shift,
-        "n_stars": len(stars),
+        "annulus_out_px": s["annulus_out"],
+        "align_offset_px": float(np.hypot(mx - cx, my - cy)),
+        "align_rotation_deg": t.rotation_deg, "align_scale": t.scale,
+        "align_residual_px": match.residual_px, "align_n_matched": match.n_matched,
+        "shift_px": [dx, dy], "n_shift_stars": n_shift,
+        "sky_level": bkg.level, "sky_gradient": bkg.gradient,
+        "cr_hits_target": int(hits[0]), "cr_hits_total": int(hits.sum()),
+        "n_stars": len(stars), "settings_hash": frame_settings_hash(config),
     }
     return table
 
@@ -398,7 +348,7 @@ def measure_dataset(red_dir, config=None):
         _write_rejected(phot_dir, {})
         return result
     if config.photometry.reference_frame:
-        _reference_frame(frames, config, red_dir)  # a wrong name fails even on a resumed run
+        named_reference_frame(frames, config, red_dir)  # a wrong name fails on a resumed run too
     rejected = {}
     by_stem = {}
     for f in frames:  # x.fits and x.fits.fz are one exposure: measure it once
@@ -408,20 +358,22 @@ def measure_dataset(red_dir, config=None):
                                 f"suffixes); measured once, from {first.name}")
             log.warning("%s", rejected[f.name])
     frames = list(by_stem.values())
+    try:
+        stars = _reference_stars(frames, phot_dir, config, rejected)
+    except PipekitError:
+        _write_rejected(phot_dir, rejected)
+        raise
+    # a frame is done when its file was made with today's settings (Luigi's task identity)
+    digest = frame_settings_hash(config)
     todo = []
     for f in frames:
-        if frame_photometry_path(red_dir, f).exists():
+        if _done_with(frame_photometry_path(red_dir, f), digest):
             result.skipped.append(f.name)
         else:
             todo.append(f)
+    result.reference_frame = stars.meta.get("reference_frame")
+    result.n_stars = len(stars)
     if todo:
-        try:
-            stars = _reference_stars(frames, phot_dir, config, rejected)
-        except PipekitError:
-            _write_rejected(phot_dir, rejected)
-            raise
-        result.reference_frame = stars.meta.get("reference_frame")
-        result.n_stars = len(stars)
         flux_ref = np.asarray(stars["flux_ref"], float)
         order = np.argsort(np.where(np.isfinite(flux_ref), -flux_ref, np.inf))
         bright = order[: min(50, max(len(stars) - 1, 0))]
@@ -439,11 +391,6 @@ def measure_dataset(red_dir, config=None):
                 write_ecsv(table, frame_photometry_path(red_dir, f))
                 rejected.pop(f.name, None)
                 result.measured.append(f.name)
-    elif (phot_dir / REFERENCE_STARS).exists():
-        from astropy.table import Table
-        stars = Table.read(phot_dir / REFERENCE_STARS, format="ascii.ecsv")
-        result.reference_frame = stars.meta.get("reference_frame")
-        result.n_stars = len(stars)
     result.rejected = rejected
     _write_rejected(phot_dir, rejected)
     log.info("%s: %d frames measured, %d already done, %d rejected", red_dir,

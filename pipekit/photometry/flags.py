@@ -5,7 +5,7 @@ Set by `measure_frame` (per star and frame) and by the light curve (``NON_POSITI
 """
 
 __all__ = ["OFF_FRAME", "EDGE", "SATURATED", "BAD_PIXELS", "SKY_POOR", "NON_POSITIVE",
-           "FLAGS", "describe_flags"]
+           "COSMIC_RAY", "FLAGS", "describe_flags"]
 
 OFF_FRAME = 1        #: centre outside the frame (or WCS failed): not measured
 EDGE = 2             #: aperture or annulus within the edge margin or partly off the frame
@@ -13,10 +13,12 @@ SATURATED = 4        #: a pixel in the aperture at or above SATURATE
 BAD_PIXELS = 8       #: a non-finite pixel in the aperture (counted as zero)
 SKY_POOR = 16        #: fewer than `MIN_SKY_PIXELS` usable sky pixels in the annulus
 NON_POSITIVE = 32    #: light curve only: normalised flux <= 0, so no magnitude
+COSMIC_RAY = 64      #: a cosmic-ray hit inside the aperture (see `pipekit.photometry.cosmics`)
 
 #: Flag names by bit.
 FLAGS = {OFF_FRAME: "off_frame", EDGE: "edge", SATURATED: "saturated", BAD_PIXELS: "bad_pixels",
-         SKY_POOR: "sky_poor", NON_POSITIVE: "non_positive"}
+         SKY_POOR: "sky_poor", NON_POSITIVE: "non_positive",
+         COSMIC_RAY: "cosmic_ray"}
 
 
 def describe_flags(flags):

@@ -10,12 +10,21 @@ from .sky import annulus_sky
 
 __all__ = ["measure_frame", "MIN_SKY_PIXELS"]
 
+
+def _level(bkg, x, y):
+    """The background map at the nearest pixel of each position (0 off the frame)."""
+    ny, nx = bkg.shape
+    ok = np.isfinite(x) & np.isfinite(y)
+    ix = np.clip(np.rint(np.where(ok, x, 0)).astype(int), 0, nx - 1)
+    iy = np.clip(np.rint(np.where(ok, y, 0)).astype(int), 0, ny - 1)
+    return np.where(ok, bkg[iy, ix], 0.0)
+
 #: Fewer usable annulus pixels than this flag a star ``SKY_POOR``.
 MIN_SKY_PIXELS = 20
 
 
 def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnoise,
-                  saturate=None, *, sigma=3.0, maxiters=10, edge_margin=0.0):
+                  saturate=None, *, sigma=3.0, maxiters=10, edge_margin=0.0, background=None):
     """Aperture photometry of many stars in one frame (photutils-style, vectorised).
 
     Parameters
@@ -38,6 +47,11 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
         Sky sigma clipping.
     edge_margin : float
         Stars whose centre is closer than this (pixels) to an edge are flagged ``EDGE``.
+    background : ndarray, optional
+        A smooth sky map of the frame (`pipekit.photometry.detection.background_map`):
+        the annulus then measures only what the map leaves, so a sky gradient neither
+        biases the sky of a star whose annulus is cut by the edge nor inflates its scatter.
+        ``sky`` is reported as the map plus that local residual.
 
     Returns
     -------
@@ -61,6 +75,10 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
 
     data = np.ascontiguousarray(data)
     ny, nx = data.shape
+    bkg = None
+    if background is not None:
+        bkg = np.asarray(background, float)
+        data = np.ascontiguousarray(data - bkg)
     pos = np.atleast_2d(np.asarray(positions, dtype=float)).reshape(-1, 2)
     x, y = pos[:, 0], pos[:, 1]
     n = len(x)
@@ -79,10 +97,16 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
     index = np.flatnonzero(on)
     for start in range(0, len(index), chunk):
         k = index[start:start + chunk]
-        s, a, f = aperture_sums(data, x[k], y[k], radius, saturate)
+        sat, level = saturate, 0.0
+        if bkg is not None:  # the map's level at each star: saturation and Poisson noise
+            level = bkg[np.clip(np.rint(y[k]).astype(int), 0, ny - 1),
+                        np.clip(np.rint(x[k]).astype(int), 0, nx - 1)]
+            sat = None if saturate is None else saturate - level
+        s, a, f = aperture_sums(data, x[k], y[k], radius, sat)
         sums[k], area[k] = s, a
         flags[k] |= f
         sk, ss, ns = annulus_sky(data, x[k], y[k], annulus_in, annulus_out, sigma, maxiters)
+        sk = sk + level
         sky[k], sky_std[k], n_sky[k] = sk, ss, ns
     if edge_margin > 0:
         with np.errstate(invalid="ignore"):
@@ -91,7 +115,7 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
         flags[on & near] |= EDGE
     flags[on & (n_sky < MIN_SKY_PIXELS)] |= SKY_POOR
     with np.errstate(invalid="ignore", divide="ignore"):
-        flux = sums - area * sky
+        flux = sums - area * (sky if bkg is None else sky - _level(bkg, x, y))
         var_model = np.maximum(sky, 0.0) / gain + (rdnoise / gain) ** 2
         var_pix = np.fmax(sky_std ** 2, var_model)
         var = (np.maximum(flux, 0.0) / gain + area * var_pix

@@ -303,7 +303,8 @@ def _header(*, target, ra, dec, filt, instrument, site, telescope, start, exptim
 def simulate_frame(path, stars, *, mjd_start, wcs, header_wcs=None, shape=(512, 512),
                    exptime=60.0, fwhm_arcsec=1.8, transparency=1.0, sky=800.0, pixscale=0.389,
                    gain=1.0, rdnoise=7.5, saturate=60000.0, event=None, source_flux=0.0,
-                   header=None, compress=True, seed=None, beta=3.0, dither_seed=1):
+                   header=None, compress=True, seed=None, beta=3.0, dither_seed=1,
+                   sky_slope=(0.0, 0.0), cosmic_rays=(), bad_columns=(), nan_pixels=0):
     """Render one frame of ``stars`` through ``wcs`` and write it as an LCO-like FITS file.
 
     Parameters
@@ -324,6 +325,15 @@ def simulate_frame(path, stars, *, mjd_start, wcs, header_wcs=None, shape=(512, 
     compress : bool
         RICE tile compression of float32 data with subtractive dithering and
         quantisation at 1/16 of the noise (adds ~0.03 % to the variance).
+    sky_slope : tuple
+        Sky gradient in ADU per pixel along x and y, rising from ``sky`` (moonlight).
+    cosmic_rays : sequence of (x, y, adu)
+        Cosmic-ray hits added after the noise: ``adu`` on the pixel nearest ``(x, y)`` and
+        a third of it on one random neighbour (a short track).
+    bad_columns : sequence of int
+        Columns set to NaN (masked bad columns).
+    nan_pixels : int
+        Random pixels set to NaN.
 
     Returns
     -------
@@ -336,9 +346,23 @@ def simulate_frame(path, stars, *, mjd_start, wcs, header_wcs=None, shape=(512, 
     x, y = wcs.all_world2pix(stars.ra, stars.dec, 0)
     model = _render_moffat(shape, x, y, flux, fwhm_arcsec / pixscale, beta=beta)
     model += sky
-    electrons = rng.poisson(model * gain).astype(np.float64)
+    if np.any(sky_slope):
+        gy, gx = np.mgrid[0:shape[0], 0:shape[1]]
+        ramp = sky_slope[0] * gx + sky_slope[1] * gy
+        model += ramp - ramp.min()     # the sky rises from its level: never below it
+    electrons = rng.poisson(np.maximum(model, 0) * gain).astype(np.float64)
     electrons += rng.normal(0.0, rdnoise, shape)
     data = electrons / gain
+    for cx, cy, adu in cosmic_rays:
+        ix, iy = int(round(cx)), int(round(cy))
+        if 1 <= ix < shape[1] - 1 and 1 <= iy < shape[0] - 1:
+            data[iy, ix] += adu
+            ox, oy = [(1, 0), (-1, 0), (0, 1), (0, -1)][rng.integers(4)]
+            data[iy + oy, ix + ox] += adu / 3
+    for col in bad_columns:
+        data[:, col] = np.nan
+    if nan_pixels:
+        data[rng.integers(0, shape[0], nan_pixels), rng.integers(0, shape[1], nan_pixels)] = np.nan
     # The physical full well lies a little above the header's conservative SATURATE
     np.minimum(data, saturate * 1.02, out=data)
     data = data.astype(np.float32)
@@ -365,7 +389,10 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
                      n_stars=150, seed=0, compress=True, start="2026-08-01T00:00:00",
                      cadence_hours=2.0, exptime=60.0, seeing=(1.3, 2.4), sky_range=(300.0, 1500.0),
                      transparency_range=(0.6, 1.0), jitter_arcsec=3.0, rotation_deg=0.1,
-                     wcs_error_px=0.3, stars=None, first_frame_number=1):
+                     wcs_error_px=0.3, stars=None, first_frame_number=1,
+                     header_offset_px=(0.0, 0.0), header_rotation_deg=0.0, pointing_only=(),
+                     sky_gradient=0.0, cosmic_rays=0, target_hits=(), bad_columns=0,
+                     nan_pixels=0):
     """Write ``n_frames`` LCO-like frames of a microlensing event into ``folder``.
 
     Parameters
@@ -398,6 +425,24 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
         RMS offset of the header WCS from the truth, for centroid refinement to find.
     stars : StarField, optional
         Reuse a field (e.g. the same sky for several instruments and filters).
+    header_offset_px : tuple
+        Each header WCS is also shifted by a length drawn uniformly in this range (pixels),
+        in a random direction: BANZAI fits that went wrong but say ``WCSERR = 0``.
+    header_rotation_deg : float
+        ... and rotated by up to this many degrees either way.
+    pointing_only : sequence of int
+        Frames whose header WCS is the telescope's pointing only: ``WCSERR = 4`` and the WCS
+        100-250 px off (otherwise ``WCSERR = 0``).
+    sky_gradient : float
+        Sky range (ADU) across each frame, in a random direction (moonlight).
+    cosmic_rays : int
+        Cosmic-ray hits per frame at random places (500-20000 ADU).
+    target_hits : sequence of int
+        Frames with a cosmic ray inside the target's 3 arcsec aperture (1500-8000 ADU).
+        ``meta["cr_near_target_px"]`` lists, per frame, the distance of every hit within
+        10 arcsec of the target.
+    bad_columns, nan_pixels : int
+        NaN columns (never within 40 px of the target) and random NaN pixels per frame.
 
     Returns
     -------
@@ -427,14 +472,39 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
     fwhm = rng.uniform(*seeing, n_frames)
     skies = rng.uniform(*sky_range, n_frames)
     transp = rng.uniform(*transparency_range, n_frames)
-    files, xs, ys, fluxes = [], [], [], []
+    files, xs, ys, fluxes, cr_near_target = [], [], [], [], []
     cosd = np.cos(np.radians(dec))
     for i in range(n_frames):
         jx, jy = rng.normal(0.0, jitter_arcsec, 2) / 3600.0
         rot = rng.normal(0.0, rotation_deg)
         true_wcs = _tan_wcs(ra + jx / cosd, dec + jy, shape, pixscale, rot)
         header_wcs = true_wcs.deepcopy()
-        header_wcs.wcs.crpix = header_wcs.wcs.crpix + rng.normal(0.0, wcs_error_px, 2)
+        err = rng.normal(0.0, wcs_error_px, 2)
+        lo, hi = (100.0, 250.0) if i in pointing_only else header_offset_px
+        if hi > 0:
+            phi = rng.uniform(0, 2 * np.pi)
+            err += rng.uniform(lo, hi) * np.array([np.cos(phi), np.sin(phi)])
+        header_wcs.wcs.crpix = header_wcs.wcs.crpix + err
+        if header_rotation_deg:
+            a = np.radians(rng.uniform(-header_rotation_deg, header_rotation_deg))
+            rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            header_wcs.wcs.cd = header_wcs.wcs.cd @ rot
+        tx, ty = (float(v[0]) for v in true_wcs.all_world2pix([ra], [dec], 0))
+        slope = (0.0, 0.0)
+        if sky_gradient:
+            phi = rng.uniform(0, 2 * np.pi)
+            slope = sky_gradient / max(shape) * np.array([np.cos(phi), np.sin(phi)])
+        crs = [(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]),
+                float(np.exp(rng.uniform(np.log(500), np.log(2e4))))) for _ in range(cosmic_rays)]
+        if i in target_hits:  # anywhere in a 3 arcsec aperture, evenly over its area
+            r, phi = 0.95 * 3.0 / pixscale * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
+            crs.append((tx + r * np.cos(phi), ty + r * np.sin(phi), rng.uniform(1500, 8000)))
+        cr_near_target.append([round(float(np.hypot(cx - tx, cy - ty)), 2) for cx, cy, _ in crs
+                               if np.hypot(cx - tx, cy - ty) < 10 / pixscale])
+        cols = []
+        if bad_columns:
+            cols = [c for c in rng.integers(0, shape[1], 3 * bad_columns) if abs(c - tx) > 40]
+            cols = cols[:bad_columns]
         number = first_frame_number + i
         airmass = 1.0 + rng.uniform(0.0, 0.8)
         hdr, day_obs = _header(target=target, ra=ra, dec=dec, filt=filter, instrument=instrument,
@@ -444,6 +514,7 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
                                frame_number=number, filename="", airmass=airmass)
         name = lco_filename(site, telescope, instrument, day_obs, number, compress=compress)
         hdr["ORIGNAME"] = name.replace("-e91", "-e00").replace(".fz", "")
+        hdr["WCSERR"] = (4 if i in pointing_only else 0, "Error status of WCS fit. 0 for no error")
         path = folder / name
         x, y, flux = simulate_frame(path, stars, mjd_start=mjd_start[i], wcs=true_wcs,
                                     header_wcs=header_wcs, shape=shape, exptime=exptime,
@@ -452,7 +523,8 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
                                     saturate=saturate, event=event,
                                     source_flux=source_flux, header=hdr,
                                     compress=compress, seed=int(rng.integers(2 ** 31)),
-                                    dither_seed=1 + (number % 9999))
+                                    dither_seed=1 + (number % 9999), sky_slope=slope,
+                                    cosmic_rays=crs, bad_columns=cols, nan_pixels=nan_pixels)
         files.append(path)
         xs.append(x)
         ys.append(y)
@@ -467,5 +539,8 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
         x=np.array(xs), y=np.array(ys), gain=gain, rdnoise=rdnoise, saturate=saturate,
         pixscale=pixscale,
         meta={"target": target, "ra": ra, "dec": dec, "instrument": instrument,
-              "filter": filter, "site": site, "shape": shape, "blend_flux": blend_flux},
+              "filter": filter, "site": site, "shape": shape, "blend_flux": blend_flux,
+              "wcserr": [4 if i in pointing_only else 0 for i in range(n_frames)],
+              "target_hits": sorted(int(i) for i in target_hits),
+              "cr_near_target_px": cr_near_target},
     )

@@ -1,0 +1,225 @@
+"""Photometry on frames as LCO really delivers them (issue 11): header WCS errors, pointing-only
+WCS (``WCSERR = 4``), moonlight gradients, cosmic rays, bad columns, clouds; star-pattern
+alignment; settings as part of "done"."""
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipekit.config import load_reduction_config, write_reduction_config
+from pipekit.errors import PipekitError
+from pipekit.lightcurve import build_lightcurve, tom_csv_text
+from pipekit.lco import frame_stem
+from pipekit.photometry import (BAD_PIXELS, COSMIC_RAY, Similarity, background_map,
+                                cosmic_ray_hits, match_stars, measure_dataset)
+from pipekit.testing.simulate import simulate_dataset
+
+N_FRAMES = 20
+SHAPE = (384, 384)
+
+
+def make_dataset(red, seed, n_frames=N_FRAMES, settings=None, **kw):
+    kw.setdefault("n_stars", 100)
+    truth = simulate_dataset(Path(red) / "data", n_frames=n_frames, seed=seed, shape=SHAPE, **kw)
+    path = Path(red) / "reduction_config.yaml"
+    write_reduction_config(path, truth.meta["target"], truth.meta["ra"], truth.meta["dec"])
+    for key, value in (settings or {}).items():  # photometry.<key>: value
+        text = re.sub(rf"(?m)^  {key}:.*$", f"  {key}: {value}", path.read_text())
+        path.write_text(text)
+    return truth
+
+
+def figures(lc, truth):
+    """(unflagged fraction of all frames, reduced chi2 vs truth, rms residual / rms error)."""
+    t = lc.table
+    names = [f.name for f in truth.files]
+    idx = np.array([names.index(f) for f in t["frame"]])
+    good = np.asarray(t["flags"]) == 0
+    f = np.asarray(t["flux"], float)[good]
+    e = np.asarray(t["flux_err"], float)[good]
+    true = truth.target_flux[idx][good]
+    w = 1 / e ** 2
+    scale = np.sum(w * f * true) / np.sum(w * true ** 2)
+    res = f - scale * true
+    chi2 = np.sum((res / e) ** 2) / (len(f) - 1)
+    ratio = np.sqrt(np.mean(res ** 2) / np.mean(e ** 2))
+    return good.sum() / len(truth.files), chi2, ratio
+
+
+def reduce(red, truth):
+    result = measure_dataset(red)
+    lc = build_lightcurve(red)
+    frac, chi2, ratio = figures(lc, truth)
+    assert frac >= 0.8, (frac, lc.rejected)
+    assert chi2 <= 1.5
+    assert ratio <= 1.2
+    return result, lc
+
+
+# ---- each condition -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_header_wcs_off_by_2_to_30_px_and_rotated_to_1_5_deg_is_absorbed(tmp_path):
+    truth = make_dataset(tmp_path, 11, header_offset_px=(2.0, 30.0), header_rotation_deg=1.5)
+    result, lc = reduce(tmp_path, truth)
+    assert not result.rejected and not lc.rejected
+    offsets = np.asarray(lc.table["align_offset_px"])
+    assert offsets.max() > 10  # the header errors were really there, and absorbed
+    assert np.all(np.asarray(lc.table["align_residual_px"]) < 1.0)  # faint stars included
+
+
+@pytest.mark.slow
+def test_pointing_only_frames_are_matched_over_a_wide_search_and_never_the_reference(tmp_path):
+    pointing = (2, 7, 11)
+    truth = make_dataset(tmp_path, 12, pointing_only=pointing)
+    result, lc = reduce(tmp_path, truth)
+    names = {truth.files[i].name for i in pointing}
+    assert result.reference_frame not in names
+    # measured at the right place: their target points are good, not +335 %
+    for name in names:
+        if name in lc.rejected:
+            assert "alignment failed" in lc.rejected[name]
+        else:
+            row = lc.table[list(lc.table["frame"]).index(name)]
+            assert row["align_offset_px"] > 90
+
+
+@pytest.mark.slow
+def test_a_moonlight_gradient_of_4000_adu_leaves_stars_and_sky_right(tmp_path):
+    truth = make_dataset(tmp_path, 13, sky_gradient=4000.0)
+    result, lc = reduce(tmp_path, truth)
+    assert result.n_stars >= 15
+    assert np.median(lc.table["sky_gradient"]) > 2000
+
+
+@pytest.mark.slow
+def test_cosmic_rays_on_the_target_are_flagged_and_leave_the_tom_csv(tmp_path):
+    truth = make_dataset(tmp_path, 14, cosmic_rays=15, target_hits=(3, 14))
+    result, lc = reduce(tmp_path, truth)
+    names = [f.name for f in truth.files]
+    radius = 3.0 / truth.pixscale
+    for row in lc.table:
+        near = truth.meta["cr_near_target_px"][names.index(row["frame"])]
+        if any(d < radius - 1.5 for d in near):       # clearly inside the aperture
+            assert row["flags"] & COSMIC_RAY and row["cr_hits"] > 0
+        if row["flags"] & COSMIC_RAY:                 # never without a hit in or at the rim
+            assert any(d < radius + 1.5 for d in near)
+    assert sum(bool(g & COSMIC_RAY) for g in lc.table["flags"]) >= 2
+    csv_rows = tom_csv_text(lc).count("\n") - 1
+    assert csv_rows == int((np.asarray(lc.table["flags"]) == 0).sum())
+
+
+@pytest.mark.slow
+def test_bad_columns_and_nan_pixels_flag_only_what_they_touch(tmp_path):
+    truth = make_dataset(tmp_path, 15, bad_columns=3, nan_pixels=150)
+    result, lc = reduce(tmp_path, truth)
+    for g in lc.table["flags"]:
+        assert g == 0 or g & BAD_PIXELS
+
+
+@pytest.mark.slow
+def test_clouds_down_to_5_percent_transparency(tmp_path):
+    truth = make_dataset(tmp_path, 16, transparency_range=(0.05, 1.0))
+    result, lc = reduce(tmp_path, truth)
+    ref = truth.files.index(next(f for f in truth.files if f.name == result.reference_frame))
+    assert truth.transparency[ref] > 0.5     # depth, not seeing alone, picks the reference
+    for name, why in lc.rejected.items():
+        assert "alignment failed" in why or "comparison stars" in why
+
+
+@pytest.mark.slow
+def test_everything_at_once(tmp_path):
+    truth = make_dataset(tmp_path, 17, n_frames=30, header_offset_px=(2.0, 30.0),
+                         header_rotation_deg=1.5, pointing_only=(4, 19), sky_gradient=3000.0,
+                         cosmic_rays=15, target_hits=(6, 22), bad_columns=2, nan_pixels=10,
+                         transparency_range=(0.05, 1.0))
+    result, lc = reduce(tmp_path, truth)
+    assert result.reference_frame not in {truth.files[i].name for i in (4, 19)}
+
+
+# ---- pieces -----------------------------------------------------------------------------------
+
+def test_match_stars_recovers_a_30_px_shift_and_1_5_degree_rotation_despite_strangers():
+    rng = np.random.default_rng(7)
+    src = rng.uniform(0, 512, (50, 2))
+    true = Similarity(1.002, 1.5, 30.0, -21.0)
+    dst = np.column_stack(true.apply(src[:, 0], src[:, 1])) + rng.normal(0, 0.1, (50, 2))
+    dst = np.vstack([dst[8:], rng.uniform(0, 512, (10, 2))])   # 8 lost, 10 strangers
+    m = match_stars(src, rng.permutation(dst), tolerance=1.5, max_shift=60,
+                    centre=(256, 256))
+    assert m is not None and m.n_matched >= 38
+    assert m.transform.rotation_deg == pytest.approx(1.5, abs=0.02)
+    x, y = m.transform.apply(256.0, 256.0)
+    tx, ty = true.apply(256.0, 256.0)
+    assert np.hypot(x - tx, y - ty) < 0.1
+    back = m.transform.inverse().apply(x, y)
+    assert np.allclose(back, (256.0, 256.0))
+
+
+def test_match_stars_refuses_an_unrelated_field_and_a_shift_beyond_the_bound():
+    rng = np.random.default_rng(8)
+    src = rng.uniform(0, 512, (40, 2))
+    assert match_stars(src, rng.uniform(0, 512, (40, 2)), tolerance=1.0) is None
+    far = src + [200.0, 0.0]
+    assert match_stars(src, far, tolerance=1.0, max_shift=50, centre=(256, 256)) is None
+    assert match_stars(src, far, tolerance=1.0, max_shift=None) is not None
+
+
+def test_background_map_follows_a_gradient_to_the_edges():
+    rng = np.random.default_rng(9)
+    gy, gx = np.mgrid[0:300, 0:400]
+    sky = 500 + 8.0 * gx + 3.0 * gy
+    bkg = background_map(sky + rng.normal(0, 10, sky.shape))
+    # within the noise of one pixel everywhere, far better on average
+    assert np.abs(bkg.map - sky).max() < 10 and np.median(np.abs(bkg.map - sky)) < 2
+    assert bkg.rms == pytest.approx(10, rel=0.1)
+
+
+def test_cosmic_ray_test_flags_a_sharp_hit_not_a_bright_star():
+    y, x = np.mgrid[0:64, 0:64]
+    s = 3.3 / 2.355
+    star = 2e5 / (2 * np.pi * s * s) * np.exp(-((x - 20.3) ** 2 + (y - 30.6) ** 2) / (2 * s * s))
+    img = 300 + star + np.random.default_rng(1).normal(0, 10, star.shape)
+    img[40, 45] += 3000     # a hit on blank sky, inside the second aperture
+    hits = cosmic_ray_hits(img, np.array([20.3, 44.0]), np.array([30.6, 40.0]), 6.0, 3.3, 1.0,
+                           7.0, np.array([300.0, 300.0]))
+    assert list(hits) == [0, 1]
+
+
+def test_too_few_stars_warns_with_the_count_and_frame_and_fails_with_that_cause(tmp_path, caplog):
+    truth = make_dataset(tmp_path, 18, n_frames=3, settings={"min_field_stars": 150})
+    with caplog.at_level(logging.WARNING, logger="pipekit.photometry"):
+        with pytest.raises(PipekitError, match=r"only \d+ field stars detected on the reference"):
+            measure_dataset(tmp_path)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("field stars detected" in m and "e91.fits.fz" in m for m in warned)
+    assert truth.files
+
+
+def test_changed_aperture_remeasures_every_frame_and_unchanged_settings_skip(tmp_path):
+    truth = make_dataset(tmp_path, 19, n_frames=4)
+    first = measure_dataset(tmp_path)
+    assert len(first.measured) == 4
+    again = measure_dataset(tmp_path)
+    assert again.measured == [] and len(again.skipped) == 4
+    path = tmp_path / "reduction_config.yaml"
+    path.write_text(path.read_text().replace("aperture_arcsec: 3.0", "aperture_arcsec: 2.5"))
+    changed = measure_dataset(tmp_path)
+    assert sorted(changed.measured) == sorted(f.name for f in truth.files)
+    from astropy.table import Table
+    t = Table.read(tmp_path / "photometry" / (frame_stem(truth.files[0]) + ".ecsv"))
+    assert t.meta["radius_px"] == pytest.approx(2.5 / 0.389)
+
+
+def test_target_xy_pins_the_target_on_the_reference_frame(tmp_path):
+    make_dataset(tmp_path, 20, n_frames=3, settings={"target_xy": "[190.0, 191.5]"})
+    config = load_reduction_config(tmp_path / "reduction_config.yaml")
+    assert config.photometry.target_xy == [190.0, 191.5]
+    measure_dataset(tmp_path, config)
+    from astropy.table import Table
+    stars = Table.read(tmp_path / "photometry" / "reference_stars.ecsv")
+    assert (stars["x_ref"][0], stars["y_ref"][0]) == (190.0, 191.5)
+    assert "target_xy" in stars.meta["target_position"]
