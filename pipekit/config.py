@@ -187,7 +187,7 @@ class PhotometryConfig:
         "dataset's frames, or none"))
     target_xy: list | None = field(default=None, metadata=yaml_key(
         parse=lambda v: _pixel_pair(v), expected="[x, y]: two pixel coordinates"))
-    min_field_stars: int = field(default=8, metadata=yaml_key(minimum=3))
+    min_field_stars: int = field(default=5, metadata=yaml_key(minimum=3))
     align_max_shift_arcsec: float = field(default=25.0, metadata=yaml_key(minimum=0.1))
     align_max_rotation_deg: float = field(default=3.0, metadata=yaml_key(minimum=0))
     align_tolerance_arcsec: float = field(default=0.8, metadata=yaml_key(minimum=0.01))

@@ -432,7 +432,7 @@ def test_a_dataset_sorted_by_an_earlier_pipekit_reduces_from_data(tmp_path, capl
     import logging
 
     red = tmp_path / "ds"
-    truth = simulate_dataset(red / "data", n_frames=3, seed=63, shape=(200, 200), n_stars=30)
+    truth = simulate_dataset(red / "data", n_frames=3, seed=63, shape=(320, 320), n_stars=80)
     write_reduction_config(red / "reduction_config.yaml", truth.meta["target"],
                            truth.meta["ra"], truth.meta["dec"])
     with caplog.at_level(logging.INFO, logger="pipekit.datasets"):
