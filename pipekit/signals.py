@@ -211,11 +211,4 @@ def kill_children():
     -------
     int
     """
-    n = 0
-    for child in _children():
-        try:
-            child.kill()
-            n += 1
-        except (OSError, AttributeError):
-            continue
-    return n
+    return forward_to_children(signal.SIGKILL)
