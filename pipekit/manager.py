@@ -544,7 +544,11 @@ def one_line_reason(err, path=None):
         return describe_os_error(err)
     if isinstance(err, UnicodeDecodeError) and path is not None:
         return f"{Path(path).name} is not UTF-8 (byte {err.start}) in {Path(path).parent}"
-    return " ".join(str(err).split())
+    text = " ".join(str(err).split())
+    where, sep, cause = text.partition(": ")
+    if sep and where.startswith("/") and " " not in where:  # "<file>: <cause>" (ConfigError)
+        return f"{Path(where).name}: {cause} (in {Path(where).parent})"
+    return text
 
 
 def _write_checkpoint(pipe):
