@@ -302,7 +302,7 @@ One star field seen by a Sinistro (`fa15`) and a QHY (`sq34`) camera, each in tw
 """),
     code("""
 ra, dec = 269.7596, -28.2094
-stars = make_star_field(ra, dec, n_stars=60, size_arcsec=200, seed=11)
+stars = make_star_field(ra, dec, n_stars=150, size_arcsec=200, seed=11)
 cameras = [("lsc", "1m005", "fa15", "ip"), ("lsc", "1m005", "fa15", "gp"),
            ("coj", "0m409", "sq34", "ip"), ("coj", "0m409", "sq34", "gp")]
 for k, (site, telescope, instrument, filt) in enumerate(cameras):
