@@ -9,18 +9,18 @@ that no partial file is left.
 
 import http.server
 import json
-import threading
 import time
 import urllib.parse
 
 import pytest
 
+from _loopback import LoopbackServer
 from pipekit.archive import ArchiveRecord, LCOArchive
 from pipekit.errors import ArchiveError, TOMError
 from pipekit.tom import TOMClient
 
 
-class LoopServer:
+class LoopServer(LoopbackServer):
     """Answers GETs with ``handler(server, path, query) -> (code, headers, body)``.
 
     ``body`` may be bytes or an iterator of bytes (written until the client leaves).
@@ -29,7 +29,6 @@ class LoopServer:
     def __init__(self, answer):
         self.answer = answer
         self.requests = 0
-        self.stop = threading.Event()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -59,19 +58,7 @@ class LoopServer:
                 except OSError:  # the client stopped reading
                     return
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def _json(payload):

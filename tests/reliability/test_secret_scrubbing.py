@@ -18,10 +18,10 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 
 import pytest
 
+from _loopback import LoopbackServer
 from pipekit.archive import LCOArchive
 from pipekit.config import load_reduction_config
 from pipekit.errors import ConfigError, PipelineError
@@ -33,7 +33,7 @@ TOKEN_VAR, PASSWORD_VAR = "PK_SCRUB_A", "PK_SCRUB_B"  # names that do not look s
 USER = "observer"
 
 
-class EchoServer:
+class EchoServer(LoopbackServer):
     """Answers every request the way ``mode`` says, echoing the request's headers."""
 
     def __init__(self, mode):
@@ -64,17 +64,7 @@ class EchoServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
