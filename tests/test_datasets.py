@@ -32,12 +32,16 @@ def make_frame(folder, name, *, obstype="EXPOSE", instrume="fa15", target=TARGET
     for key, val in cards.items():
         if val is not None:
             header[key] = val
-    data = np.full((16, 16), value, np.float32)
+    # Noise from a fixed seed, and a fixed dither seed: the same ``value`` gives the same
+    # bytes on every call. (A constant tile would be gzipped, and gzip stamps the clock.)
+    noise = np.random.default_rng(0).normal(0.0, 5.0, (16, 16))
+    data = (100.0 * value + noise).astype(np.float32)
     path = folder / name
     folder.mkdir(parents=True, exist_ok=True)
     if compress:
         fits.HDUList([fits.PrimaryHDU(),
-                      fits.CompImageHDU(data, header=header, name="SCI")]).writeto(path)
+                      fits.CompImageHDU(data, header=header, name="SCI",
+                                        dither_seed=1)]).writeto(path)
     else:
         fits.PrimaryHDU(data, header=header).writeto(path)
     return path

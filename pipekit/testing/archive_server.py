@@ -377,18 +377,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _send_paced(self, fh, size, bandwidth):
-        # Slices of ~10 ms each, sent on a schedule that holds the rate.
-        step = max(16384, int(bandwidth / 100))
+    def _send_whole(self, fh, size, bandwidth, on_last_slice):
+        """Send a whole file, paced to ``bandwidth`` (bytes/s) when set.
+
+        ``on_last_slice`` runs just before the final slice goes out, so a client that
+        has received every byte always finds the download already counted.
+        """
+        # Slices of ~10 ms each when paced, sent on a schedule that holds the rate.
+        step = max(16384, int(bandwidth / 100)) if bandwidth else max(size - 1, 1)
         t0 = time.perf_counter()
         offset = 0
         while offset < size:
             count = min(step, size - offset)
+            if bandwidth:
+                ahead = offset / bandwidth - (time.perf_counter() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+            if offset + count >= size:
+                on_last_slice()
             self.connection.sendfile(fh, offset, count)
             offset += count
-            ahead = offset / bandwidth - (time.perf_counter() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
+        if size == 0:
+            on_last_slice()
 
     def _pause(self, seconds):
         if seconds > 0:
@@ -552,10 +562,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self._hang_up()
                     return
                 self.connection.sendfile(fh, size // 2)
-            elif server.bandwidth:
-                self._send_paced(fh, size, server.bandwidth)
             else:
-                self.connection.sendfile(fh, 0)
+                self._send_whole(fh, size, server.bandwidth,
+                                 lambda: self._count_served(filename))
+                return
+        self._count_served(filename)
+
+    def _count_served(self, filename):
+        server = self.archive
         with server._lock:
             server.stats["downloads_served"] += 1
             server.served[filename] += 1
