@@ -546,19 +546,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("ETag", f'"{frame.md5}"')
         self.end_headers()
         with open(frame.path, "rb") as fh:
-            if fault == "truncate":
-                self.connection.sendfile(fh, 0, size // 2)
-                self._hang_up()
-                return
             if fault == "corrupt":
-                data = bytearray(fh.read())
-                for i in range(0, len(data), max(1, len(data) // 8)):
-                    data[i] ^= 0xFF
+                data, step = bytearray(fh.read()), max(1, size // 8)
+                data[::step] = bytes(b ^ 0xFF for b in data[::step])
                 self.wfile.write(bytes(data))
-            elif fault == "stall":
+            elif fault in ("truncate", "stall"):
                 self.connection.sendfile(fh, 0, size // 2)
-                self._pause(server.faults.stall_seconds)
-                if server.stop_event.is_set():
+                if fault == "stall":
+                    self._pause(server.faults.stall_seconds)
+                if fault == "truncate" or server.stop_event.is_set():
                     self._hang_up()
                     return
                 self.connection.sendfile(fh, size // 2)
