@@ -94,13 +94,44 @@ def test_windows_still_estimated_are_halved_until_the_count_is_exact(season, tok
         assert server.stats["api_count_estimated"] >= 2
 
 
-def test_a_window_that_cannot_be_counted_exactly_fails_instead_of_truncating(season, token):
-    with ArchiveServer(season, token=TOKEN, exact_count_span=dt.timedelta(hours=6),
+def test_a_window_that_cannot_be_counted_is_listed_by_cursor_pages(season, token):
+    # Counted exactly only over 6 h: every window down to a day is estimated, so each
+    # day is listed by cursor pages (no count to trust or distrust).
+    with ArchiveServer(season, token=TOKEN, page_size=10, exact_count_span=dt.timedelta(hours=6),
                        exact_count_span_narrowed=dt.timedelta(hours=6)) as server:
         archive = LCOArchive(server.url, token_envvar=ENVVAR, retries=0)
-        with pytest.raises(ArchiveError, match="only an estimated count") as err:
+        records = archive.query(PROPOSAL, *SEASON, limit=3)
+    names = [r.filename for r in records]
+    assert len(names) == len(set(names)) == N_SEASON
+    assert set(names) == {p.name for p in season.iterdir()}
+
+
+def test_a_window_that_cannot_be_counted_fails_when_the_archive_has_no_cursor_pages(
+        season, token):
+    with ArchiveServer(season, token=TOKEN, exact_count_span=dt.timedelta(hours=6),
+                       exact_count_span_narrowed=dt.timedelta(hours=6)) as server:
+        server.cursor_pagination = False
+        archive = LCOArchive(server.url, token_envvar=ENVVAR, retries=0)
+        with pytest.raises(ArchiveError, match="only an estimated count.*does not offer "
+                                               "cursor pagination") as err:
             archive.query(PROPOSAL, *SEASON)
         assert TOKEN not in str(err.value)
+
+
+def test_cursor_pages_follow_each_other_without_a_count(season, token):
+    with ArchiveServer(season, token=TOKEN) as server:
+        url = f"{server.url}frames/?pagination_style=cursor&limit=50&ordering=id"
+        headers = {"Authorization": f"Token {TOKEN}"}
+        seen = []
+        while url:
+            page = requests.get(url, headers=headers, timeout=10).json()
+            assert "count" not in page and "count_estimated" not in page
+            seen += [r["id"] for r in page["results"]]
+            url = page["next"]
+        bad = requests.get(f"{server.url}frames/?pagination_style=cursor&cursor=bm9wZQ==",
+                           headers=headers, timeout=10)
+    assert seen == sorted(seen) and len(seen) == len(set(seen)) == N_SEASON
+    assert bad.status_code == 400 and "Invalid cursor" in bad.text
 
 
 def test_a_limit_above_the_server_maximum_is_clamped_and_still_lists_everything(season, token):

@@ -20,6 +20,7 @@ from ..errors import ArchiveAuthError, ArchiveError
 from ..http import (Deadline, RetryableError, backoff_wait, call_with_retries, describe_error,
                     iter_body, redact_url, retry_after_seconds, server_message)
 from ..secrets import register_envvar, scrub
+from .listing import list_by_cursor, list_by_offset
 from .paging import MAX_LIMIT, MIN_SPLIT_SPAN, exact_span, split_window
 from .records import CHUNK_SIZE, ArchiveRecord, safe_destination
 
@@ -43,8 +44,7 @@ def _time_param(when):
     # resumed from a stored end must not lose the instant it ended at.
     return None if when is None else when.strftime("%Y-%m-%dT%H:%M:%S.%f")
 
-#: Times a window is listed again when its frames changed while it was paged.
-WINDOW_ATTEMPTS = 3
+
 #: Default overall bound of one query or one download (seconds).
 MAX_SECONDS = 3600.0
 #: Default most pages read by one query.
@@ -280,8 +280,10 @@ class LCOArchive:
         window is cut into sub-windows the archive counts exactly, each paged by
         offset until an empty or short page and until it holds ``count`` frames.
         A sub-window still answered with ``count_estimated`` is halved, down to a
-        day; a frame listed in two sub-windows (their boundaries are inclusive) is
-        kept once. ``next`` links are not followed: they end early on an estimate.
+        day, and a day still estimated is listed by cursor pages
+        (``pagination_style=cursor``), which need no count; a frame listed in two
+        sub-windows (their boundaries are inclusive) is kept once. Offset pages'
+        ``next`` links are not followed: they end early on an estimate.
 
         With a token, a proposal that yields no frames, or only public ones, is
         named in a warning (the archive answers 200 with public frames for a
@@ -315,7 +317,8 @@ class LCOArchive:
             variable is not set.
         ArchiveError
             The archive kept failing after all retries, answered nonsense, gave only
-            an estimated count for a window that cannot be cut shorter, or listed
+            an estimated count for a window that cannot be cut shorter and no
+            cursor pages, or listed
             fewer frames than it counted: never a silently truncated listing.
         """
         t0, t1 = _parse_time(start, "start"), _parse_time(end, "end")
@@ -334,17 +337,24 @@ class LCOArchive:
         stats = {"windows": 0, "pages": 0, "splits": 0,
                  "deadline": Deadline(self.max_seconds, f"archive {self.name}: query of "
                                       f"proposal {proposal_id}, {start} to {end}")}
+        url, read = urllib.parse.urljoin(self.url, "frames/"), self._page_reader(stats)
         while pending:
             w0, w1 = pending.pop()
-            listing = self._list_window(base, w0, w1, int(limit), proposal_id, stats)
-            if listing is None:  # the archive only estimated this window's count
-                if w0 is None or w1 is None or w1 - w0 <= MIN_SPLIT_SPAN:
+            params = dict(base, start=_time_param(w0), end=_time_param(w1), limit=int(limit))
+            params = {k: v for k, v in params.items() if v is not None}
+            label = f"proposal {proposal_id}, {params.get('start')} to {params.get('end')}"
+            listing = list_by_offset(read, url, params, label, self.name)
+            if listing is None and (w0 is None or w1 is None or w1 - w0 <= MIN_SPLIT_SPAN):
+                # Too slow to count even over a day: cursor pages need no count.
+                listing = list_by_cursor(read, url, params, label, self.name)
+                if listing is None:
                     raise ArchiveError(
                         f"archive {self.name}: proposal {proposal_id}, {_time_param(w0)} to "
                         f"{_time_param(w1)}: the archive gave only an estimated count "
-                        "(count_estimated), so its listing may be cut short and cannot be "
-                        "vouched for; query a shorter window (or with a proposal) so that "
-                        "it counts exactly")
+                        "(count_estimated) and does not offer cursor pagination, so its "
+                        "listing may be cut short and cannot be vouched for; query a shorter "
+                        "window (or with a proposal) so that it counts exactly")
+            if listing is None:  # the archive only estimated this window's count
                 middle = w0 + (w1 - w0) / 2
                 pending += [(middle, w1), (w0, middle)]
                 stats["splits"] += 1
@@ -362,49 +372,14 @@ class LCOArchive:
         self._warn_on_access(proposal_id, records, start, end)
         return records
 
-    def _list_window(self, base, start, end, limit, proposal_id, stats):
-        """Every frame of one window, or None when the archive only estimated its count."""
-        url = urllib.parse.urljoin(self.url, "frames/")
-        params = dict(base, start=_time_param(start), end=_time_param(end))
-        params = {k: v for k, v in params.items() if v is not None}
-        label = f"proposal {proposal_id}, {params.get('start')} to {params.get('end')}"
-        for attempt_number in range(1, WINDOW_ATTEMPTS + 1):
-            got, offset, count = {}, 0, None
-            while True:
-                what = f"archive query {redact_url(url)} ({label}, offset {offset})"
-                self._check_bounds(stats, what)
-                data = self._get_page(url, dict(params, limit=limit, offset=offset), what,
-                                      stats.get("deadline"))
-                stats["pages"] += 1
-                if data.get("count_estimated") is True:
-                    return None
-                count = data.get("count")
-                results = data["results"]
-                new = 0
-                for item in results:
-                    record = ArchiveRecord.from_api(item)
-                    key = record.id if record.id is not None else record.filename
-                    if key not in got:
-                        got[key] = record
-                        new += 1
-                if results and not new:
-                    raise ArchiveError(f"{what}: the page repeats only frames already read; "
-                                       "the archive's pagination loops")
-                offset += len(results)
-                if isinstance(count, int) and offset > count + 10 * max(limit, len(results)):
-                    raise ArchiveError(f"{what}: the archive keeps listing frames far past "
-                                       f"the {count} it counts; its pagination does not end")
-                if not results or (len(results) < limit and isinstance(count, int)
-                                   and offset >= count):
-                    break
-            if not isinstance(count, int) or len(got) >= count:
-                return list(got.values())
-            log.warning("archive %s: %s listed %d frames of the %d it counts (frames changed "
-                        "while paging?); listing it again (%d of %d)", self.name, label,
-                        len(got), count, attempt_number, WINDOW_ATTEMPTS)
-        raise ArchiveError(f"archive {self.name}: {label}: listed {len(got)} frames of the "
-                           f"{count} the archive counts, {WINDOW_ATTEMPTS} times; the listing "
-                           "is incomplete, so it is not used")
+    def _page_reader(self, stats):
+        """``read(url, params, what)``: one listing page, within the query's bounds."""
+        def read(url, params, what):
+            self._check_bounds(stats, what)
+            data = self._get_page(url, params, what, stats.get("deadline"))
+            stats["pages"] += 1
+            return data
+        return read
 
     def _check_bounds(self, stats, what):
         pages = f"{stats['pages']} pages read"

@@ -6,6 +6,7 @@ filters exist (``archive/frames/filters.py``), and when ``count`` is exact or on
 estimate, with DRF's ``next`` cut short by an estimate (``archive/frames/pagination.py``).
 """
 
+import base64
 import dataclasses
 import datetime as dt
 from pathlib import Path
@@ -15,7 +16,7 @@ from ..archive.records import record_int
 
 __all__ = ["ServedFrame", "DEFAULT_LIMIT", "MAX_LIMIT", "EXACT_COUNT_SPAN",
            "EXACT_COUNT_SPAN_NARROWED", "ORDERING_FIELDS", "LEGACY_ALIASES", "is_visible",
-           "is_small_query", "select_frames", "paginate", "frame_record", "lookup",
+           "is_small_query", "select_frames", "paginate", "paginate_cursor", "frame_record", "lookup",
            "public_date", "new_version"]
 
 # archive/settings.py: PAGINATION_DEFAULT_LIMIT and PAGINATION_MAX_LIMIT (a larger
@@ -299,3 +300,50 @@ def new_version(version_id, md5, filename, created=None):
         created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {"id": version_id, "created": created, "key": md5[:16], "md5": md5,
             "extension": lco.frame_suffix(filename)}
+
+
+def paginate_cursor(selected, params, default_limit, max_limit, link):
+    """One page as DRF's ``CursorPagination`` (``pagination_style=cursor``): no count.
+
+    The cursor carries the last frame's id (base64, as DRF's opaque cursors), so a
+    page follows the previous one whatever the listing's length: nothing to count,
+    nothing to estimate.
+
+    Parameters
+    ----------
+    selected : list of ServedFrame
+        From :func:`select_frames`, in the query's ordering.
+    params : dict
+        The query parameters (``limit``, ``cursor``).
+    default_limit, max_limit : int
+    link : callable
+        ``link(limit, cursor)``: the URL of another page.
+
+    Returns
+    -------
+    (dict, list of ServedFrame)
+        ``{next, previous}`` and the page's frames.
+
+    Raises
+    ------
+    ValueError
+        A bad ``limit`` or cursor; ``args[0]`` is the JSON body of a 404/400 answer.
+    """
+    try:
+        limit = int(params.get("limit", default_limit))
+    except ValueError:
+        raise ValueError({"limit": ["A valid integer is required."]}) from None
+    limit = min(limit, max_limit) if limit > 0 else default_limit
+    start = 0
+    if params.get("cursor"):
+        try:
+            after = int(base64.urlsafe_b64decode(params["cursor"].encode()).decode()[2:])
+            start = 1 + next(i for i, f in enumerate(selected) if f.fields.get("id") == after)
+        except (ValueError, StopIteration, UnicodeDecodeError):
+            raise ValueError({"detail": "Invalid cursor"}) from None
+    page = selected[start: start + limit]
+    more = start + limit < len(selected)
+    cursor = base64.urlsafe_b64encode(f"p={page[-1].fields.get('id')}".encode()).decode() if page else None
+    meta = {"next": link(limit, cursor) if more and cursor else None,
+            "previous": None}
+    return meta, page

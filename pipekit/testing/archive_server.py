@@ -26,7 +26,8 @@ from ..archive.records import frame_fields, md5_file, read_header, record_int
 from ..atomic import write_bytes_atomic
 from .archive_listing import (DEFAULT_LIMIT, EXACT_COUNT_SPAN, EXACT_COUNT_SPAN_NARROWED,
                               MAX_LIMIT, ServedFrame, frame_record, is_small_query, lookup,
-                              new_version, paginate, public_date, select_frames)
+                              new_version, paginate, paginate_cursor, public_date,
+                              select_frames)
 from .faults import FaultLedger, Faults, html_error_page
 
 __all__ = ["ArchiveServer", "Faults"]
@@ -65,10 +66,8 @@ class ArchiveServer:
         With neither ``token`` nor ``tokens`` the API is open and shows every frame.
     page_size : int
         Default ``limit``.
-    host : str
-        Loopback only: ``127.0.0.1``.
-    port : int
-        0 picks a free port.
+    host, port : str, int
+        Loopback only: ``127.0.0.1``; port 0 picks a free port.
     proposals : dict or callable, optional
         File name (or basename) -> proposal id, or ``f(path, header)``;
         default: each frame's ``PROPID`` header.
@@ -135,6 +134,8 @@ class ArchiveServer:
         self.link_lifetime = float(link_lifetime)
         self.bandwidth = float(bandwidth) if bandwidth else None
         self.faults = Faults()
+        #: Whether ``pagination_style=cursor`` is honoured (False: an archive without it).
+        self.cursor_pagination = True
         #: Counters: requests by kind, faults injected by kind, downloads served.
         self.stats = collections.Counter()
         #: Complete download bodies sent, by file name.
@@ -144,13 +145,8 @@ class ArchiveServer:
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._ledger = FaultLedger()
-        self._frames = []
-        self._by_name = {}
-        self._by_id = {}
-        self._version_ids = 0
-        self._httpd = None
-        self._thread = None
-        self._timer = None
+        self._frames, self._by_name, self._by_id, self._version_ids = [], {}, {}, 0
+        self._httpd = self._thread = self._timer = None
         self.stop_event = threading.Event()
         self.refresh()
 
@@ -378,11 +374,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             pass
 
     def _send_whole(self, fh, size, bandwidth, on_last_slice):
-        """Send a whole file, paced to ``bandwidth`` (bytes/s) when set.
-
-        ``on_last_slice`` runs just before the final slice goes out, so a client that
-        has received every byte always finds the download already counted.
-        """
+        # Paced to ``bandwidth`` (bytes/s) when set. ``on_last_slice`` runs just before
+        # the final slice goes out: a client holding every byte finds the download counted.
         # Slices of ~10 ms each when paced, sent on a schedule that holds the rate.
         step = max(16384, int(bandwidth / 100)) if bandwidth else max(size - 1, 1)
         t0 = time.perf_counter()
@@ -497,15 +490,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                  or is_small_query(params, bounds, server.exact_count_span,
                                    server.exact_count_span_narrowed))
 
-        def link(limit, offset):
-            query = dict(params, limit=limit, offset=offset)
+        def link(limit, position, key="offset"):
+            query = dict(params, limit=limit, **{key: position})
             return f"{server.url}frames/?{urllib.parse.urlencode(query)}"
 
-        meta, page = paginate(selected, params, small, server.estimate_factor,
-                              server.faults.count_error, server.page_size, server.max_limit,
-                              link)
-        if not small:
-            server._count("api_count_estimated")
+        if server.cursor_pagination and params.get("pagination_style") == "cursor":
+            meta, page = paginate_cursor(selected, params, server.page_size, server.max_limit,
+                                         lambda limit, cursor: link(limit, cursor, "cursor"))
+        else:
+            meta, page = paginate(selected, params, small, server.estimate_factor,
+                                  server.faults.count_error, server.page_size,
+                                  server.max_limit, link)
+            if not small:
+                server._count("api_count_estimated")
         return {**meta, "results": [server._record(frame) for frame in page]}
 
     def _download(self, parts):
