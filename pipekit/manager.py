@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .signals import StopWorkers, exit_status
 from .summary import Summary
-from .worker import run_checkpoint
+from .worker import run_checkpoint, warm_up
 from .errors import ConfigError, LockError, PipelineError, describe_os_error
 from .lco import slug
 from .locks import DatasetLock
@@ -105,6 +105,7 @@ class Manager:
         self._rows = {}
         self._bar = None
         self._stop = None
+        self._pool = None
 
     @classmethod
     def from_config(cls, path, **kwargs):
@@ -218,6 +219,8 @@ class Manager:
         self._stop = StopWorkers(grace=self.stop_grace)
         try:
             with self._stop:
+                if self.executor is None:  # its workers start while the checkpoints are written
+                    self._pool = self._new_pool(self.max_parallel, len(self.pipelines))
                 todo = self._prepare()
                 bar.update(len(self.pipelines) - len(todo))
                 log.info("manager: running %d pipelines (%d not run) on %s", len(todo),
@@ -241,6 +244,9 @@ class Manager:
                         time.monotonic() - t0, self.summary)
             raise
         finally:
+            if self._pool is not None:  # not used: nothing to run, or _prepare raised
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
             bar.close()
             self._bar = None
             self._stop = None
@@ -338,10 +344,26 @@ class Manager:
                 log.warning("manager: a worker process died; pipelines requeued: %d, to "
                             "rerun alone: %d", len(queue), len(suspects))
 
-    def _pool_round(self, batch, workers):
-        """Run ``batch`` in a new spawn pool; return [(i, kwargs, exc)] hit by a broken pool."""
-        pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(batch)),
+    def _new_pool(self, workers, n_pipelines):
+        """A spawn pool whose workers start now and import the steps' modules as they do."""
+        modules = sorted({getattr(step.func, "__module__", None) or "__main__"
+                          for pipe in self.pipelines for step in pipe.steps}
+                         - {"__main__", "__mp_main__"})
+        workers = max(1, min(workers, n_pipelines))
+        pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=warm_up,
+                                      initargs=(modules,),
                                       mp_context=multiprocessing.get_context("spawn"))
+        for _ in range(workers):  # start every worker (a pool starts them on submit)
+            pool.submit(int)
+        return pool
+
+    def _pool_round(self, batch, workers):
+        """Run ``batch`` in a spawn pool; return [(i, kwargs, exc)] hit by a broken pool."""
+        pool, self._pool = self._pool, None
+        if pool is None or workers != self.max_parallel:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            pool = self._new_pool(workers, len(batch))
         broken = []
         try:
             futures = {}

@@ -1,8 +1,10 @@
 """What every Manager worker runs: load a pipeline's checkpoint, run it, summarise it.
 
-`run_checkpoint` is re-exported by `pipekit.manager`.
+`run_checkpoint` is re-exported by `pipekit.manager`; `warm_up` is what a pool
+worker runs when it starts, so its imports overlap the manager's preparations.
 """
 
+import importlib
 import logging
 import os
 import socket
@@ -12,7 +14,7 @@ from .errors import LockError, PipelineError
 from .pipeline import load
 from .signals import exit_status
 
-__all__ = ["run_checkpoint", "resume_only", "last_line"]
+__all__ = ["run_checkpoint", "warm_up", "resume_only", "last_line"]
 
 log = logging.getLogger("pipekit.manager")
 
@@ -20,6 +22,33 @@ log = logging.getLogger("pipekit.manager")
 _STOPPING = []
 
 _NOT_GIVEN = object()
+
+#: What pipekit's reduction steps import on first use (photometry, light-curve plot).
+_FIRST_USE_IMPORTS = {"pipekit.steps": ("astropy.table", "astropy.time", "astropy.coordinates",
+                                        "photutils.detection", "scipy.ndimage", "scipy.spatial",
+                                        "matplotlib.figure", "matplotlib.backends.backend_agg")}
+
+
+def warm_up(modules=()):
+    """Import the modules a worker's pipelines need, once, when the worker starts.
+
+    The pool's initializer: a spawned worker starts empty, and importing the step
+    functions' modules (numpy, astropy, photutils...) takes seconds. Done here,
+    it overlaps the manager writing the pipelines' checkpoints instead of
+    delaying the first pipeline. A module that fails to import is left for the
+    pipeline's own import to report.
+
+    Parameters
+    ----------
+    modules : iterable of str
+        Module names, e.g. ``["pipekit.steps"]``.
+    """
+    for name in modules:
+        for module in (name, *_FIRST_USE_IMPORTS.get(name, ())):
+            try:
+                importlib.import_module(module)
+            except Exception as err:  # noqa: BLE001 - the pipeline's import says it properly
+                log.debug("worker warm-up: cannot import %s: %s", module, err)
 
 
 def run_checkpoint(path, run_kwargs=None, submitted_started=_NOT_GIVEN):
