@@ -30,7 +30,6 @@ log = logging.getLogger("pipekit.pipeline")
 #: step records after the snapshot (format 1, a snapshot alone, still loads).
 CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1,)
-
 LOG_NAME = "pipeline.log"
 
 #: A step result that pickles to more than this many bytes earns a warning:
@@ -349,8 +348,7 @@ class Pipeline:
         self._save(step)
 
     def _check_size(self, step, size):
-        # ``size`` is how much the step's outcome grew its record (or the
-        # checkpoint): no extra pickling needed to measure it.
+        # ``size``: how much the step's outcome grew its record (no extra pickling).
         if size > LARGE_RESULT_BYTES and ("size", step.name) not in self._warned:
             self._warned.add(("size", step.name))
             log.warning("step %s returned a result of %.1f MB; every checkpoint carries it. "
@@ -393,11 +391,10 @@ class Pipeline:
         return path
 
     def _save(self, step=None):
-        """Record what changed (``step`` and the pipeline's state); return the bytes written.
+        """Record what changed (``step``, the pipeline's state); return the bytes written.
 
-        During a run, one fsync'd record after the run's snapshot: its cost does
-        not grow with the number of steps. Otherwise, or when a record cannot
-        say it (steps added or removed meanwhile), a whole snapshot.
+        During a run, one record after the run's snapshot, whatever the number of
+        steps; otherwise, or with steps added or removed meanwhile, a snapshot.
         """
         journal = self._journal
         if journal is None or not journal.fits(self, step):
@@ -432,11 +429,10 @@ class Pipeline:
 
     def _open_log(self):
         folder = self.paths.get("log")
-        if folder is None:
-            return None
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_checkpoints(folder)
-        return open_run_log(folder / LOG_NAME)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_checkpoints(folder)
+            return open_run_log(folder / LOG_NAME)
 
     # -- pickling -----------------------------------------------------------
 
