@@ -6,7 +6,7 @@ a row's background colour says its status.
 
 import html
 
-__all__ = ["STATUS_COLOURS", "text_table", "html_table"]
+__all__ = ["STATUS_COLOURS", "text_table", "html_table", "pipeline_text", "pipeline_html"]
 
 #: Row background by status (Bootstrap's pale success / danger / warning / secondary).
 STATUS_COLOURS = {"success": "#d4edda", "error": "#f8d7da", "running": "#fff3cd",
@@ -68,3 +68,26 @@ def html_table(columns, rows, statuses, caption=""):
                     else f"<tr>{cells}</tr>")
     return (f"{caption}<table><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>")
+
+
+_STEP_COLUMNS = ("#", "name", "tags", "status", "duration", "attempts")
+
+
+def _step_rows(pipe):
+    for i, s in enumerate(pipe.steps):
+        duration = "" if s.duration is None else f"{s.duration:.2f} s"
+        yield i, s.name, ", ".join(s.tags), s.status, duration, s.attempts
+
+
+def pipeline_text(pipe):
+    """A pipeline's step table as text, under a line with its status (its ``repr``)."""
+    head = (f"Pipeline {pipe.name!r}: {len(pipe.steps)} steps, status {pipe.status}, "
+            f"next step index {pipe.run_step_idx} of {len(pipe.run_steps)} selected")
+    return text_table(head, _STEP_COLUMNS, _step_rows(pipe))
+
+
+def pipeline_html(pipe):
+    """A pipeline's step table as HTML, each row coloured by its status (Jupyter)."""
+    caption = (f"<p><b>Pipeline {html.escape(pipe.name)}</b>: status "
+               f"{html.escape(pipe.status)}</p>")
+    return html_table(_STEP_COLUMNS, _step_rows(pipe), [s.status for s in pipe.steps], caption)

@@ -9,7 +9,6 @@ import concurrent.futures as cf
 import contextlib
 import html
 import logging
-import multiprocessing
 import os
 import tempfile
 import time
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from .signals import StopWorkers, exit_status
 from .summary import Summary
-from .worker import run_checkpoint
+from .worker import pool_context, run_checkpoint, run_in_context, task_context, warm_up
 from .errors import ConfigError, LockError, PipelineError, describe_os_error
 from .lco import slug
 from .locks import DatasetLock
@@ -43,9 +42,10 @@ class Manager:
         Worker processes of the default pool. Ignored when ``executor`` is
         given (the executor or cluster decides).
     executor : concurrent.futures.Executor or dask.distributed.Client, optional
-        Where to run. Default: a pool of ``max_parallel`` processes started
-        with "spawn" (safe with threads, Jupyter and macOS), recreated if a
-        worker process dies.
+        Where to run. Default: a pool of ``max_parallel`` processes forked
+        from a fork server that imports pipekit and its science libraries once
+        ("spawn" where there is none; both are safe with threads, Jupyter and
+        macOS), recreated if a worker process dies.
     progress : bool
         Show a tqdm progress bar on stderr.
     log_dir : path-like, optional
@@ -105,6 +105,7 @@ class Manager:
         self._rows = {}
         self._bar = None
         self._stop = None
+        self._pool = None
 
     @classmethod
     def from_config(cls, path, **kwargs):
@@ -218,6 +219,8 @@ class Manager:
         self._stop = StopWorkers(grace=self.stop_grace)
         try:
             with self._stop:
+                if self.executor is None and self.pipelines:  # workers start meanwhile
+                    self._pool = self._new_pool(self.max_parallel, len(self.pipelines))
                 todo = self._prepare()
                 bar.update(len(self.pipelines) - len(todo))
                 log.info("manager: running %d pipelines (%d not run) on %s", len(todo),
@@ -241,6 +244,9 @@ class Manager:
                         time.monotonic() - t0, self.summary)
             raise
         finally:
+            if self._pool is not None:  # not used: nothing to run, or _prepare raised
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
             bar.close()
             self._bar = None
             self._stop = None
@@ -338,16 +344,33 @@ class Manager:
                 log.warning("manager: a worker process died; pipelines requeued: %d, to "
                             "rerun alone: %d", len(queue), len(suspects))
 
+    def _new_pool(self, workers, n_pipelines):
+        """A pool whose workers start now and import the steps' modules as they do."""
+        modules = sorted({getattr(step.func, "__module__", None) or "__main__"
+                          for pipe in self.pipelines for step in pipe.steps}
+                         - {"__main__", "__mp_main__"})
+        workers = max(1, min(workers, n_pipelines))
+        pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=warm_up,
+                                      initargs=(modules,), mp_context=pool_context())
+        for _ in range(workers):  # start every worker (a pool starts them on submit)
+            pool.submit(int)
+        return pool
+
     def _pool_round(self, batch, workers):
-        """Run ``batch`` in a new spawn pool; return [(i, kwargs, exc)] hit by a broken pool."""
-        pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(batch)),
-                                      mp_context=multiprocessing.get_context("spawn"))
+        """Run ``batch`` in a process pool; return [(i, kwargs, exc)] hit by a broken pool."""
+        pool, self._pool = self._pool, None
+        if pool is None or workers != self.max_parallel:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            pool = self._new_pool(workers, len(batch))
         broken = []
+        context = task_context()
         try:
             futures = {}
             for n, (i, kw) in enumerate(batch):
                 try:
-                    fut = pool.submit(run_checkpoint, self._paths[i], kw, self._stamps[i])
+                    fut = pool.submit(run_in_context, context, self._paths[i], kw,
+                                      self._stamps[i])
                     futures[fut] = (i, kw)
                 except BrokenProcessPool as exc:
                     broken += [(j, k, exc) for j, k in batch[n:]]
@@ -501,7 +524,7 @@ class Manager:
 
     def _where(self):
         if self.executor is None:
-            return f"a spawn process pool of {self.max_parallel}"
+            return f"a process pool of {self.max_parallel} ({pool_context().get_start_method()})"
         return type(self.executor).__name__
 
     def __repr__(self):

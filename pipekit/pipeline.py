@@ -1,53 +1,42 @@
 """The step engine: tagged steps, selection by tag, run, resume and checkpoints.
 
-A :class:`Pipeline` is an ordered list of :class:`PipelineStep`. Running it
-records each step's outcome and dill-pickles the whole pipeline to
-``<log>/pipeline.p`` before and after every step, so a crashed run is picked
-up with ``load(path).run(resume=True)``.
+A :class:`Pipeline` is an ordered list of :class:`PipelineStep`. A run writes
+the whole pipeline to ``<log>/pipeline.p`` when it starts and ends, and records
+each step's outcome after that snapshot before and after the step (fsync'd), so
+a crashed run is picked up with ``load(path).run(resume=True)``.
 """
 
-import html
 import logging
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 
-import dill
-
-from .atomic import remove_stale_temporaries, write_bytes_atomic
-from .checkpoint import dumps, find_unpicklable
+from .checkpoint import (CHECKPOINT_NAME, Journal, dumps,
+                         explain_pickle_failure, pipeline_state, read_checkpoint,
+                         remove_stale_checkpoints, write_snapshot)
 from .pipeline_step import PipelineStep, utc_now
-from .display import html_table, text_table
+from .display import pipeline_html, pipeline_text
 from .errors import PipelineError
+from .runlog import LogFile, close_run_log, open_run_log
 from .signals import interrupts_raise
 
-__all__ = ["Pipeline", "PipelineStep", "PipelineError", "load", "CHECKPOINT_FORMAT"]
+__all__ = ["Pipeline", "PipelineStep", "PipelineError", "load", "CHECKPOINT_FORMAT", "LogFile"]
 
 log = logging.getLogger("pipekit.pipeline")
 
 #: Version of the checkpoint layout. Bump it when a pickled Pipeline written
-#: by an older pipekit can no longer be resumed by this one.
-CHECKPOINT_FORMAT = 1
-
-#: File name of the checkpoint inside the pipeline's ``log`` path.
-CHECKPOINT_NAME = "pipeline.p"
+#: by an older pipekit can no longer be resumed by this one. Format 2 added the
+#: step records after the snapshot (format 1, a snapshot alone, still loads).
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1,)
 LOG_NAME = "pipeline.log"
-
-#: A temporary checkpoint older than this (s) was left by a killed process.
-STALE_TEMPORARY_SECONDS = 60.0
 
 #: A step result that pickles to more than this many bytes earns a warning:
 #: big data belongs in files, or every checkpoint gets slower.
 LARGE_RESULT_BYTES = 5 * 1024 * 1024
 
 STATUSES = ("success", "error")
-
-# Threads that are running a pipeline now. A pipeline's log file takes the
-# records of its own thread and of helper threads (download workers), but
-# not those of another pipeline run in a thread beside it.
-_RUNNING_THREADS = set()
 
 
 class Pipeline:
@@ -108,7 +97,8 @@ class Pipeline:
         self.checkpoint_error = None
         self._warned = set()
         self._value_cache = {}
-        self._checkpoint_size = 0
+        self._journal = None
+        self._snapshot_size = 0
         #: Names of the attributes set from extra keyword arguments.
         self.extra_attributes = []
         for key in kwargs:
@@ -261,9 +251,16 @@ class Pipeline:
         handler = self._open_log()
         try:
             with interrupts_raise():  # SIGTERM (Slurm, kill) stops a run as Ctrl-C does
-                self._run_selected(idx, resume, ignore_errors, ignore_exceptions)
+                self._journal = Journal() if self.checkpoint_path is not None else None
+                try:
+                    self.checkpoint()
+                    self._run_selected(idx, resume, ignore_errors, ignore_exceptions)
+                except BaseException:
+                    self._end_journal(failing=True)
+                    raise
+                self._end_journal()
         finally:
-            self._close_log(handler)
+            close_run_log(handler)
         return self
 
     def _run_selected(self, idx, resume, ignore_errors, ignore_exceptions):
@@ -277,13 +274,13 @@ class Pipeline:
                 self.run_step_idx += 1
             self.status = "success" if self.failed_step is None else "error"
             self.finished = utc_now()
-            self.checkpoint()
+            self._save()
             log.info("pipeline %s: finished, status %s", self.name, self.status)
         except KeyboardInterrupt as exc:
             # Between steps (or while checkpointing): the run stops where it is.
             if self.status == "running":
                 self.status = "interrupted"
-                self.checkpoint()
+                self._save()
             log.warning("pipeline %s: interrupted (%s) at step index %d; resume with "
                         "run(resume=True) or `pipekit resume %s`", self.name,
                         exc or type(exc).__name__, self.run_step_idx,
@@ -297,34 +294,17 @@ class Pipeline:
         step.reset()
         step.status = "running"
         step.started = utc_now()
-        self.checkpoint()
-        size_before = self._checkpoint_size
+        size_before = self._save(step)
         t0 = time.monotonic()
-        exc = None
         try:
-            while True:
-                step.attempts += 1
-                try:
-                    result = step.call(pipeline=self)
-                    exc = None
-                    break
-                except Exception as err:  # noqa: BLE001 - every failure is recorded
-                    exc = err
-                    step.error = traceback.format_exc()
-                    if step.attempts > step.retries:
-                        break
-                    delay = min(self.retry_backoff * 2 ** (step.attempts - 1),
-                                self.retry_backoff_max)
-                    log.warning("step %s: attempt %d of %d raised %s: %s; retrying in %.1f s",
-                                step.name, step.attempts, step.retries + 1,
-                                type(err).__name__, err, delay)
-                    time.sleep(delay)
+            result, exc = step.call_with_retries(self, self.retry_backoff,
+                                                 self.retry_backoff_max)
         except BaseException:
             # KeyboardInterrupt or SystemExit: record it, keep the step to resume.
             self._finish_step(step, "interrupted", None, t0)
             step.error = traceback.format_exc()
             self.status = "interrupted"
-            self.checkpoint()
+            self._save(step)
             raise
         if exc is not None:
             self._finish_step(step, "error", None, t0)
@@ -333,7 +313,7 @@ class Pipeline:
             if ignore_exceptions:
                 log.error("%s (ignored, the run goes on)\n%s", message, step.error)
                 self.failed_step = self.failed_step or step.name
-                self.checkpoint()
+                self._save(step)
                 return
             self._fail(step)
             raise PipelineError(message) from exc
@@ -349,8 +329,7 @@ class Pipeline:
                 raise PipelineError(message)
             log.error("%s (ignored, the run goes on)", message)
             self.failed_step = self.failed_step or step.name
-        self.checkpoint()
-        self._check_size(step, self._checkpoint_size - size_before)
+        self._check_size(step, self._save(step) - size_before)
 
     def _finish_step(self, step, status, result, t0):
         step.status = status
@@ -366,11 +345,10 @@ class Pipeline:
         self.status = "error"
         self.failed_step = step.name
         self.finished = utc_now()
-        self.checkpoint()
+        self._save(step)
 
     def _check_size(self, step, size):
-        # ``size`` is how much the step's outcome grew the checkpoint: no
-        # extra pickling needed to measure it.
+        # ``size``: how much the step's outcome grew its record (no extra pickling).
         if size > LARGE_RESULT_BYTES and ("size", step.name) not in self._warned:
             self._warned.add(("size", step.name))
             log.warning("step %s returned a result of %.1f MB; every checkpoint carries it. "
@@ -386,11 +364,12 @@ class Pipeline:
         return folder / CHECKPOINT_NAME if folder is not None else None
 
     def checkpoint(self, path=None):
-        """Write the pipeline to its checkpoint atomically; return the path.
+        """Write the whole pipeline to its checkpoint atomically; return the path.
 
         The pipeline is pickled in memory first, so an object that cannot be
         pickled leaves the previous checkpoint untouched; the offending step
-        and object are named once in a warning and the run goes on.
+        and object are named once in a warning and the run goes on. During a
+        run, the steps' records follow this snapshot in the same file.
         """
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
@@ -398,60 +377,62 @@ class Pipeline:
         try:
             blob = dumps(self, self._value_cache)
         except Exception as err:  # noqa: BLE001 - any pickling failure
-            self.checkpoint_error = self._explain_pickle_failure(err)
+            self.checkpoint_error = explain_pickle_failure(self, err)
             if self.checkpoint_error not in self._warned:
                 self._warned.add(self.checkpoint_error)
                 log.warning("checkpoint %s not updated: %s", path, self.checkpoint_error)
             return None
         self.checkpoint_error = None
-        try:
-            write_bytes_atomic(path, blob)
-        except OSError as err:
-            if err.filename is not None:
-                raise
-            # A full disk: the error must name the file (one line: path and cause).
-            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
-        self._checkpoint_size = len(blob)
+        journal = self._journal if path == self.checkpoint_path else None
+        write_snapshot(path, blob, records=journal is not None)
+        if journal is not None:
+            journal.open(path, len(blob), self)
+        self._snapshot_size = len(blob)
         return path
 
-    def _explain_pickle_failure(self, err):
-        for step in self.steps:
-            for label, value in (("result", step.result), ("arguments", step.func_kwargs),
-                                 ("function", step.func)):
-                try:
-                    dumps(value)
-                except Exception as inner:  # noqa: BLE001
-                    culprit = find_unpicklable(value)
-                    return (f"step {step.name!r} {label} holds an object that cannot be "
-                            f"pickled: {culprit} ({type(inner).__name__}: {inner})")
-        return f"the pipeline cannot be pickled ({type(err).__name__}: {err})"
+    def _save(self, step=None):
+        """Record what changed (``step``, the pipeline's state); return the bytes written.
+
+        During a run, one record after the run's snapshot, whatever the number of
+        steps; otherwise, or with steps added or removed meanwhile, a snapshot.
+        """
+        journal = self._journal
+        if journal is None or not journal.fits(self, step):
+            return self._snapshot_size if self.checkpoint() is not None else 0
+        self.checkpoint_error = None
+        try:
+            changed = {} if step is None else {journal.index[id(step)]: step.__dict__.copy()}
+            payload = dumps((pipeline_state(self), changed), self._value_cache)
+        except Exception:  # noqa: BLE001 - the snapshot names the culprit and keeps the last
+            journal.broken = True  # good checkpoint, as every later one will
+            self.checkpoint()
+            return 0
+        if not journal.append(payload):  # the records outgrew the snapshot: fold them in
+            self.checkpoint()
+        return len(payload)
+
+    def _end_journal(self, failing=False):
+        """After a run: fold its records into one snapshot (what ``dill.load`` reads)."""
+        journal, self._journal = self._journal, None
+        if journal is None:
+            return
+        try:
+            if journal.fd is not None:
+                self.checkpoint()
+        except OSError as err:
+            if not failing:
+                raise
+            # The records hold the outcome; this must not hide what ended the run.
+            log.warning("checkpoint %s not compacted: %s", self.checkpoint_path, err)
+        finally:
+            journal.close()
 
     def _open_log(self):
         folder = self.paths.get("log")
-        if folder is None:
-            return None
-        folder.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(folder)
-        handler = LogFile(folder / LOG_NAME, encoding="utf-8")
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.setLevel(logging.INFO)
-        own = threading.get_ident()
-        handler.addFilter(lambda record: record.thread == own
-                          or record.thread not in _RUNNING_THREADS)
-        _RUNNING_THREADS.add(own)
-        root = logging.getLogger("pipekit")
-        if root.level == logging.NOTSET or root.level > logging.INFO:
-            root.setLevel(logging.INFO)
-        root.addHandler(handler)
-        return handler
-
-    @staticmethod
-    def _close_log(handler):
-        if handler is not None:
-            logging.getLogger("pipekit").removeHandler(handler)
-            handler.close()
-            _RUNNING_THREADS.discard(threading.get_ident())
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_checkpoints(folder)
+            return open_run_log(folder / LOG_NAME)
 
     # -- pickling -----------------------------------------------------------
 
@@ -459,16 +440,19 @@ class Pipeline:
         state = self.__dict__.copy()
         state["_warned"] = set()
         state["_value_cache"] = {}
+        state["_journal"] = None
         state["_checkpoint_format"] = CHECKPOINT_FORMAT
         return state
 
     def __setstate__(self, state):
         version = state.pop("_checkpoint_format", None)
-        if version != CHECKPOINT_FORMAT:
+        if version != CHECKPOINT_FORMAT and version not in READABLE_FORMATS:
             raise PipelineError(
                 f"this checkpoint has format {version!r} but this pipekit reads format "
                 f"{CHECKPOINT_FORMAT}; resume it with the pipekit version that wrote it")
         state.setdefault("extra_attributes", [])  # a checkpoint of an earlier pipekit
+        state.setdefault("_snapshot_size", state.pop("_checkpoint_size", 0))  # format 1
+        state.setdefault("_journal", None)
         self.__dict__.update(state)
 
     def _loaded_from(self, path):
@@ -482,62 +466,11 @@ class Pipeline:
 
     # -- display ----------------------------------------------------------
 
-    _COLUMNS = ("#", "name", "tags", "status", "duration", "attempts")
-
-    def _rows(self):
-        for i, s in enumerate(self.steps):
-            duration = "" if s.duration is None else f"{s.duration:.2f} s"
-            yield i, s.name, ", ".join(s.tags), s.status, duration, s.attempts
-
     def __repr__(self):
-        head = (f"Pipeline {self.name!r}: {len(self.steps)} steps, status {self.status}, "
-                f"next step index {self.run_step_idx} of {len(self.run_steps)} selected")
-        return text_table(head, self._COLUMNS, self._rows())
+        return pipeline_text(self)
 
     def _repr_html_(self):
-        caption = (f"<p><b>Pipeline {html.escape(self.name)}</b>: status "
-                   f"{html.escape(self.status)}</p>")
-        return html_table(self._COLUMNS, self._rows(), [s.status for s in self.steps], caption)
-
-
-class LogFile(logging.FileHandler):
-    """A pipeline's ``pipeline.log``: never reopened once closed, one line when unwritable.
-
-    A record emitted by another thread just as the run ends would make a plain
-    `logging.FileHandler` reopen its file (and leak it); a full disk or a
-    read-only folder would print a traceback for every record. This handler
-    drops records once closed, and says once, in one line on stderr, that the
-    log cannot be written and why (the run goes on).
-    """
-
-    def __init__(self, *args, **kwargs):
-        self.closed = False
-        self.failed = False
-        super().__init__(*args, **kwargs)
-
-    def emit(self, record):
-        if not self.closed:
-            super().emit(record)
-
-    def close(self):
-        self.closed = True
-        super().close()
-
-    def handleError(self, record):
-        if self.failed:
-            return
-        self.failed = True
-        err = sys.exc_info()[1]
-        cause = getattr(err, "strerror", None) or err
-        sys.stderr.write(f"pipekit: cannot write the log {self.baseFilename}: {cause}; "
-                         "the run goes on without it\n")
-
-
-def _remove_stale_temporaries(folder):
-    """Remove temporary checkpoints left by a process killed mid-write."""
-    for path in remove_stale_temporaries(folder, STALE_TEMPORARY_SECONDS,
-                                         name=CHECKPOINT_NAME + ".*"):
-        log.info("removed %s, left by a run killed while writing its checkpoint", path)
+        return pipeline_html(self)
 
 
 def load(path):
@@ -558,19 +491,7 @@ def load(path):
         The file is missing, not a pipekit checkpoint, or of a format this
         pipekit cannot resume.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.exists():
-        raise PipelineError(f"no checkpoint at {path}")
-    try:
-        with open(path, "rb") as fh:
-            pipe = dill.load(fh)
-    except PipelineError as err:
-        raise PipelineError(f"cannot load {path}: {err}") from None
-    except Exception as err:  # noqa: BLE001 - anything unpickling can raise
-        raise PipelineError(f"cannot load {path}: not a readable pipekit checkpoint "
-                            f"({type(err).__name__}: {err})") from err
+    path, pipe = read_checkpoint(path)
     if not isinstance(pipe, Pipeline):
         raise PipelineError(f"{path} holds a {type(pipe).__name__}, not a pipekit Pipeline")
     pipe._loaded_from(path)

@@ -6,11 +6,16 @@ Re-exported by `pipekit.pipeline` (and `pipekit`), where it is used.
 import copy
 import datetime as _dt
 import inspect
+import logging
+import time
+import traceback
 
 from .errors import PipelineError
 from .secrets import scrub_value
 
 __all__ = ["PipelineStep", "utc_now"]
+
+log = logging.getLogger("pipekit.pipeline")
 
 
 def utc_now():
@@ -103,6 +108,32 @@ class PipelineStep:
         if "step" in wanted and "step" not in kwargs:
             kwargs["step"] = self
         return self.func(**kwargs)
+
+    def call_with_retries(self, pipeline=None, backoff=1.0, backoff_max=60.0):
+        """Call the function until it returns, at most ``retries`` more times after the first.
+
+        Waits ``backoff`` seconds before the first retry, doubling up to
+        ``backoff_max``. Counts ``attempts``; ``error`` gets the traceback of
+        the last exception.
+
+        Returns
+        -------
+        tuple
+            ``(result, None)``, or ``(None, exception)`` when every attempt raised.
+        """
+        while True:
+            self.attempts += 1
+            try:
+                return self.call(pipeline=pipeline), None
+            except Exception as err:  # noqa: BLE001 - every failure is recorded
+                self.error = traceback.format_exc()
+                if self.attempts > self.retries:
+                    return None, err
+                delay = min(backoff * 2 ** (self.attempts - 1), backoff_max)
+                log.warning("step %s: attempt %d of %d raised %s: %s; retrying in %.1f s",
+                            self.name, self.attempts, self.retries + 1,
+                            type(err).__name__, err, delay)
+                time.sleep(delay)
 
     def __repr__(self):
         return (f"PipelineStep(name={self.name!r}, tags={self.tags!r}, "

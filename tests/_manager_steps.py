@@ -46,3 +46,9 @@ def die_once(marker):
         marker.write_text(str(os.getpid()))
         os._exit(13)
     return {"status": "success"}
+
+
+def modules_loaded(names):
+    """Which of ``names`` the worker had imported when the step ran."""
+    import sys
+    return {"status": "success", "loaded": [name for name in names if name in sys.modules]}

@@ -388,3 +388,20 @@ def test_manager_never_overwrites_the_checkpoint_of_a_dataset_another_run_holds(
     assert summary[0]["status"] == "skipped" and "the other manager" in summary[0]["error"]
     assert record.read_bytes() == b"the record of the run that holds the lock"
     assert not list(tmp_path.glob("ran*"))
+
+
+def test_pool_workers_import_the_step_modules_when_they_start(tmp_path):
+    from pipekit.worker import warm_up
+
+    warm_up(["json", "no_such_module_for_pipekit"])  # a bad name is left for the run to report
+    pipe = Pipeline(paths={"log": tmp_path / "log"}, name="warm")
+    # "pipekit.steps" brings what pipekit's reduction steps import on first use
+    pipe.add_step(steps.modules_loaded, names=["_manager_steps", "photutils.detection",
+                                               "matplotlib.figure"])
+    stand_in = lambda: None  # noqa: E731 - travels by value; its module name is all that counts
+    stand_in.__module__ = "pipekit.steps"  # as if one of pipekit's reduction steps
+    pipe.add_step(stand_in, name="reduction_stand_in")
+    summary = Manager([pipe], max_parallel=1, progress=False).run()
+    assert summary.ok
+    loaded = load(tmp_path / "log").step("modules_loaded").result["loaded"]
+    assert loaded == ["_manager_steps", "photutils.detection", "matplotlib.figure"]
