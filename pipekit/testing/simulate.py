@@ -472,6 +472,9 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
     fwhm = rng.uniform(*seeing, n_frames)
     skies = rng.uniform(*sky_range, n_frames)
     transp = rng.uniform(*transparency_range, n_frames)
+    # the conditions draw from their own stream: a dataset with cosmic rays (say) has the same
+    # stars, seeing and noise as the same seed without them
+    crng = np.random.default_rng([int(seed), 11])
     files, xs, ys, fluxes, cr_near_target = [], [], [], [], []
     cosd = np.cos(np.radians(dec))
     for i in range(n_frames):
@@ -482,28 +485,28 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
         err = rng.normal(0.0, wcs_error_px, 2)
         lo, hi = (100.0, 250.0) if i in pointing_only else header_offset_px
         if hi > 0:
-            phi = rng.uniform(0, 2 * np.pi)
-            err += rng.uniform(lo, hi) * np.array([np.cos(phi), np.sin(phi)])
+            phi = crng.uniform(0, 2 * np.pi)
+            err += crng.uniform(lo, hi) * np.array([np.cos(phi), np.sin(phi)])
         header_wcs.wcs.crpix = header_wcs.wcs.crpix + err
         if header_rotation_deg:
-            a = np.radians(rng.uniform(-header_rotation_deg, header_rotation_deg))
+            a = np.radians(crng.uniform(-header_rotation_deg, header_rotation_deg))
             rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
             header_wcs.wcs.cd = header_wcs.wcs.cd @ rot
         tx, ty = (float(v[0]) for v in true_wcs.all_world2pix([ra], [dec], 0))
         slope = (0.0, 0.0)
         if sky_gradient:
-            phi = rng.uniform(0, 2 * np.pi)
+            phi = crng.uniform(0, 2 * np.pi)
             slope = sky_gradient / max(shape) * np.array([np.cos(phi), np.sin(phi)])
-        crs = [(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]),
-                float(np.exp(rng.uniform(np.log(500), np.log(2e4))))) for _ in range(cosmic_rays)]
+        crs = [(crng.uniform(0, shape[1]), crng.uniform(0, shape[0]),
+                float(np.exp(crng.uniform(np.log(500), np.log(2e4))))) for _ in range(cosmic_rays)]
         if i in target_hits:  # anywhere in a 3 arcsec aperture, evenly over its area
-            r, phi = 0.95 * 3.0 / pixscale * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
-            crs.append((tx + r * np.cos(phi), ty + r * np.sin(phi), rng.uniform(1500, 8000)))
+            r, phi = 0.95 * 3.0 / pixscale * np.sqrt(crng.uniform()), crng.uniform(0, 2 * np.pi)
+            crs.append((tx + r * np.cos(phi), ty + r * np.sin(phi), crng.uniform(1500, 8000)))
         cr_near_target.append([round(float(np.hypot(cx - tx, cy - ty)), 2) for cx, cy, _ in crs
                                if np.hypot(cx - tx, cy - ty) < 10 / pixscale])
         cols = []
         if bad_columns:
-            cols = [c for c in rng.integers(0, shape[1], 3 * bad_columns) if abs(c - tx) > 40]
+            cols = [c for c in crng.integers(0, shape[1], 3 * bad_columns) if abs(c - tx) > 40]
             cols = cols[:bad_columns]
         number = first_frame_number + i
         airmass = 1.0 + rng.uniform(0.0, 0.8)
