@@ -14,10 +14,11 @@ from pipekit.errors import PipekitError
 from pipekit.lightcurve import build_lightcurve, tom_csv_text
 from pipekit.lco import frame_stem
 from pipekit.photometry import (BAD_PIXELS, COSMIC_RAY, Similarity, background_map,
-                                cosmic_ray_hits, match_stars, measure_dataset)
+                                cosmic_ray_hits, match_stars, measure_dataset,
+                                normalise_ensemble)
 from pipekit.testing.simulate import simulate_dataset
 
-N_FRAMES = 20
+N_FRAMES = 30
 SHAPE = (384, 384)
 
 
@@ -32,30 +33,105 @@ def make_dataset(red, seed, n_frames=N_FRAMES, settings=None, **kw):
     return truth
 
 
-def figures(lc, truth):
-    """(unflagged fraction of all frames, reduced chi2 vs truth, rms residual / rms error)."""
+def _frame_tables(red):
+    """The per-frame photometry tables by frame name (the step's own output)."""
+    from astropy.table import Table
+    tables = {}
+    for path in sorted((Path(red) / "photometry").glob("*.ecsv")):
+        if path.name != "reference_stars.ecsv":
+            t = Table.read(path, format="ascii.ecsv")
+            tables[t.meta["frame"]] = t
+    return tables
+
+
+def _photon_err(t, row):
+    """Photon-noise error (ADU) of one star in one frame: the Poisson noise of its aperture
+    flux and of the sky and read noise in the aperture, plus that of the annulus mean sky."""
+    g, rn = t.meta["gain"], t.meta["rdnoise"]
+    area, n_sky = float(t["area"][row]), max(int(t["n_sky"][row]), 1)
+    pix = max(float(t["sky"][row]), 0.0) / g + (rn / g) ** 2
+    return np.sqrt(max(float(t["flux"][row]), 0.0) / g + area * pix * (1 + area / n_sky))
+
+
+def _scaled_residuals(f, e, true):
+    w = 1 / e ** 2
+    scale = np.sum(w * f * true) / np.sum(w * true ** 2)
+    return f - scale * true
+
+
+def figures(lc, truth, red=None):
+    """The issue's figures on the target's unflagged points.
+
+    Returns a dict: ``unflagged`` (fraction of all frames), ``chi2`` (reduced, against the
+    true light curve scaled by one factor), ``scatter_err`` (rms of residual / reported
+    error), ``scatter_photon`` (rms of residual / photon-noise error, when ``red`` is given)
+    and, over the constant field stars normalised with the same ensemble,
+    ``field_chi2`` and ``field_scatter_photon`` (medians over the stars).
+    """
     t = lc.table
     names = [f.name for f in truth.files]
     idx = np.array([names.index(f) for f in t["frame"]])
     good = np.asarray(t["flags"]) == 0
     f = np.asarray(t["flux"], float)[good]
     e = np.asarray(t["flux_err"], float)[good]
-    true = truth.target_flux[idx][good]
-    w = 1 / e ** 2
-    scale = np.sum(w * f * true) / np.sum(w * true ** 2)
-    res = f - scale * true
-    chi2 = np.sum((res / e) ** 2) / (len(f) - 1)
-    ratio = np.sqrt(np.mean(res ** 2) / np.mean(e ** 2))
-    return good.sum() / len(truth.files), chi2, ratio
+    res = _scaled_residuals(f, e, truth.target_flux[idx][good])
+    out = {"unflagged": good.sum() / len(truth.files),
+           "chi2": np.sum((res / e) ** 2) / (len(f) - 1),
+           "scatter_err": np.sqrt(np.mean((res / e) ** 2))}
+    if red is None:
+        return out
+    tables = _frame_tables(red)
+    frames = [str(n) for n in np.asarray(t["frame"])[good]]
+    raw = np.array([tables[n]["flux"][0] for n in frames], float)
+    ph = np.array([_photon_err(tables[n], 0) for n in frames]) * f / raw
+    out["scatter_photon"] = np.sqrt(np.mean((res / ph) ** 2))
+    out.update(_field_figures(tables, truth, names))
+    return out
+
+
+def _field_figures(tables, truth, names):
+    """Median reduced chi2 and scatter / photon noise of the constant field stars."""
+    from astropy.table import Table
+    stars = Table.read(truth.folder.parent / "photometry" / "reference_stars.ecsv")
+    frames = list(tables)
+    idx = np.array([names.index(n) for n in frames])
+    F = np.array([np.asarray(tables[n]["flux"], float) for n in frames])
+    E = np.array([np.asarray(tables[n]["flux_err"], float) for n in frames])
+    G = np.array([np.asarray(tables[n]["flags"], int) for n in frames])
+    ens = normalise_ensemble(F, E, G, exclude=(0,))
+    cosd = np.cos(np.radians(truth.meta["dec"]))
+    throughput = np.asarray(truth.meta.get("throughput", 1.0), float) * np.ones(len(names))
+    chi2, ratio = [], []
+    for k, (ra, dec) in enumerate(zip(stars["ra"], stars["dec"])):
+        j = int(np.argmin(np.hypot((truth.stars.ra - ra) * cosd, truth.stars.dec - dec)))
+        ok = (G[:, k] == 0) & np.isfinite(ens.flux[:, k]) & np.isfinite(ens.zero_point)
+        if k == 0 or truth.stars.variable[j] or ok.sum() < 0.8 * len(frames):
+            continue
+        f, e = ens.flux[ok, k], ens.flux_err[ok, k]
+        true = truth.star_flux[idx[ok], j] / (truth.transparency * throughput)[idx[ok]]
+        res = _scaled_residuals(f, e, true)
+        ph = np.array([_photon_err(tables[frames[i]], k) for i in np.flatnonzero(ok)]) \
+            * f / F[ok, k]
+        chi2.append(np.sum((res / e) ** 2) / (len(f) - 1))
+        ratio.append(np.sqrt(np.mean((res / ph) ** 2)))
+    return {"field_chi2": float(np.median(chi2)), "field_scatter_photon": float(np.median(ratio)),
+            "field_stars": len(chi2)}
 
 
 def reduce(red, truth):
+    """Measure and build the light curve; assert the issue's figures; print them."""
     result = measure_dataset(red)
     lc = build_lightcurve(red)
-    frac, chi2, ratio = figures(lc, truth)
-    assert frac >= 0.8, (frac, lc.rejected)
-    assert chi2 <= 1.5
-    assert ratio <= 1.2
+    fig = figures(lc, truth, red)
+    print("figures:", {k: round(float(v), 3) for k, v in fig.items()},
+          "rejected:", {**result.rejected, **lc.rejected})
+    assert fig["unflagged"] >= 0.8, (fig, lc.rejected)
+    assert fig["chi2"] <= 1.5, fig
+    assert fig["scatter_err"] <= 1.2, fig
+    # honest errors, neither inflated nor too small: tested on the many constant stars,
+    # whose statistics are tight (the target's ~20 points alone allow chi2 0.4-1.7)
+    assert 0.8 <= fig["field_chi2"] <= 1.25, fig
+    assert fig["field_scatter_photon"] <= 1.2, fig
     return result, lc
 
 
