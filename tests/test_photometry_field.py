@@ -216,6 +216,81 @@ def test_everything_at_once(tmp_path):
     assert result.reference_frame not in {truth.files[i].name for i in (4, 19)}
 
 
+def make_mixed_dataset(red, seed, n_frames, settings=None, **kw):
+    """A 1 m (0.389"/px) and a 0.4 m (0.571"/px, a sixth of the light per second, exposing
+    2.5 times longer, camera turned 90 degrees) observing one field into one folder,
+    interleaved in time."""
+    from pipekit.testing.simulate import PaczynskiEvent, combine_truths, make_star_field
+
+    data = Path(red) / "data"
+    n1 = n_frames - n_frames // 3
+    t0 = 61253.0 + (n_frames // 2) * 2.0 / 24
+    event = PaczynskiEvent(t0=t0, u0=0.2, tE=3.0)
+    stars = make_star_field(269.7596, -28.2094, 300, size_arcsec=1.15 * max(SHAPE) * 0.571,
+                            target_flux=3.5e4, seed=seed)
+    big = simulate_dataset(data, n_frames=n1, seed=seed, shape=SHAPE, stars=stars, event=event,
+                           start="2026-08-01T00:00:00", cadence_hours=3.0, **kw)
+    kw = {k: v for k, v in kw.items() if k not in ("pointing_only", "target_hits")}
+    small = simulate_dataset(data, n_frames=n_frames - n1, seed=seed + 1000, shape=SHAPE,
+                             stars=stars, event=event, start="2026-08-01T01:30:00",
+                             cadence_hours=6.0, instrument="kb98", telescope="0m414",
+                             site="cpt", throughput=2.5 / 6.25, exptime=150.0,
+                             orientation_deg=90.0,
+                             first_frame_number=500, **kw)
+    truth = combine_truths([big, small])
+    path = Path(red) / "reduction_config.yaml"
+    write_reduction_config(path, truth.meta["target"], truth.meta["ra"], truth.meta["dec"])
+    for key, value in (settings or {}).items():
+        path.write_text(re.sub(rf"(?m)^  {key}:.*$", f"  {key}: {value}", path.read_text()))
+    return truth
+
+
+@pytest.mark.slow
+def test_two_telescopes_with_different_scales_and_orientations_make_one_light_curve(tmp_path):
+    truth = make_mixed_dataset(tmp_path, 21, N_FRAMES)
+    result, lc = reduce(tmp_path, truth)
+    assert result.reference_frame.startswith("lsc1m")     # depth favours the 1 m
+    instruments = {str(n).split("-")[1] for n in lc.table["frame"]}
+    assert instruments == {"fa15", "kb98"}
+    scale = dict(zip((f.name for f in truth.files), truth.meta["pixscale"]))
+    rows = {str(r["frame"]): r for r in lc.table}
+    assert all(abs(rows[n]["align_residual_px"]) < 1.0 for n in rows)
+    assert any(scale[n] > 0.5 for n in rows)
+
+
+@pytest.mark.slow
+def test_a_60_frame_season_with_every_condition_at_once(tmp_path):
+    truth = make_mixed_dataset(
+        tmp_path, 22, 60, header_offset_px=(2.0, 30.0), header_rotation_deg=1.5,
+        pointing_only=(4, 19, 33), sky_gradient=3000.0, cosmic_rays=15, target_hits=(6, 22, 35),
+        bad_columns=2, nan_pixels=60, transparency_range=(0.05, 1.0))
+    result, lc = reduce(tmp_path, truth)
+    names = [f.name for f in truth.files]
+    pointing = {names[i] for i, w in enumerate(truth.meta["wcserr"]) if w}
+    assert len(pointing) == 3 and result.reference_frame not in pointing
+    assert result.reference_frame.startswith("lsc1m")
+    rejected = {**result.rejected, **lc.rejected}
+    light = dict(zip(names, truth.transparency * np.asarray(truth.meta["throughput"])))
+    for name, why in rejected.items():           # every rejection names its real cause:
+        assert "alignment failed" in why or "comparison stars" in why, (name, why)
+        assert light[name] < 0.1, (name, why)    # too few stars left to match a pattern
+    for row in lc.table:                         # every flag has its reason in the frame
+        g = int(row["flags"])
+        i = names.index(row["frame"])
+        if g & COSMIC_RAY:
+            assert row["cr_hits"] > 0
+            assert any(d < 3.0 / truth.meta["pixscale"][i] + 1.5
+                       for d in truth.meta["cr_near_target_px"][i])
+        assert g & ~(COSMIC_RAY | BAD_PIXELS) == 0, (row["frame"], g)
+    for i in truth.meta["target_hits"]:           # the hits on the target are all caught
+        if names[i] in rows_of(lc):
+            assert rows_of(lc)[names[i]]["flags"] & COSMIC_RAY
+
+
+def rows_of(lc):
+    return {str(r["frame"]): r for r in lc.table}
+
+
 # ---- pieces -----------------------------------------------------------------------------------
 
 def test_match_stars_recovers_a_30_px_shift_and_1_5_degree_rotation_despite_strangers():

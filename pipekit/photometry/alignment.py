@@ -173,7 +173,7 @@ def _triangles(xy, k=5):
 
 
 def match_stars(src, dst, *, tolerance=2.0, max_shift=None, max_rotation_deg=3.0,
-                max_scale_error=0.03, min_matched=5, centre=(0.0, 0.0), k=5):
+                max_scale_error=0.03, min_matched=6, centre=(0.0, 0.0), k=5):
     """Match two star lists by their triangle patterns and fit a similarity transform.
 
     Triangles of each star and its nearest neighbours are compared through their
@@ -196,7 +196,9 @@ def match_stars(src, dst, *, tolerance=2.0, max_shift=None, max_rotation_deg=3.0
         Largest plausible displacement of ``centre`` (None: unbounded).
     max_rotation_deg, max_scale_error : float
     min_matched : int
-        Fewer matched pairs than this: no match.
+        Fewer matched pairs than this: no match. A triangle pair matches its own three
+        stars by construction, so 5 means only two more by chance, which thousands of
+        proposals on a sparse frame can find; 6 makes a false match improbable.
     centre : tuple
         Where ``max_shift`` is measured (the frame's centre).
 
