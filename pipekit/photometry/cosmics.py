@@ -84,12 +84,17 @@ def cosmic_ray_hits(data, x, y, radius, fwhm, gain, rdnoise, sky, *, sigma=6.0,
     m = cut.shape[1] - 2
     views = [cut[:, 1 + a:1 + a + m, 1 + b:1 + b + m] for a in (-1, 0, 1) for b in (-1, 0, 1)]
     centre = views[4]
-    med3 = np.median(np.stack(views), axis=0)
     noise = np.sqrt(np.maximum(centre, 0.0) / gain + (rdnoise / gain) ** 2)
     s = sky[:, None, None]
     limit = contrast * psf_peak_contrast(fwhm)
-    hit = ((centre - med3) > sigma * noise) & \
-        ((centre - s) > limit * np.maximum(med3 - s, noise))
+    # a hit stands ``limit`` noises above the sky at least: the 3 x 3 medians (the cost)
+    # are taken for those pixels only
+    cand = np.nonzero((centre - s) > limit * noise)
+    med3 = np.stack([v[cand] for v in views]).astype(float)
+    med3 = np.median(med3, axis=0) if med3.size else np.zeros(0)
+    c, nz, sk = centre[cand], noise[cand], s[cand[0], 0, 0]
+    hit = np.zeros(centre.shape, bool)
+    hit[cand] = ((c - med3) > sigma * nz) & ((c - sk) > limit * np.maximum(med3 - sk, nz))
     gx = (ix[:, None] + off[1:-1])[:, None, :] - x[:, None, None]
     gy = (iy[:, None] + off[1:-1])[:, :, None] - y[:, None, None]
     inside = gx ** 2 + gy ** 2 <= (radius + 0.5) ** 2
