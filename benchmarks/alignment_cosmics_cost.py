@@ -33,7 +33,7 @@ def main():
 
     from pipekit.frames import read_frame
     from pipekit.photometry import (background_map, cosmic_ray_hits, match_stars,
-                                    measure_frame)
+                                    measure_frame, sharp_sources)
     from pipekit.photometry.apertures import repair_bad_pixels
     from pipekit.photometry.detection import bright_sources
     from pipekit.testing.simulate import simulate_dataset
@@ -54,8 +54,13 @@ def main():
             on = (x > 20) & (x < shape[1] - 20) & (y > 20) & (y < shape[0] - 20)
             x, y = x[on], y[on]
             t_bkg, bkg = _best(lambda: background_map(data))
-            t_src, (sx, sy, _) = _best(lambda: bright_sources(data, fwhm, n=40, background=bkg,
-                                                              saturate=info.saturate))
+            def sources():  # as measure_frame_file: 80 brightest, cosmic rays out
+                sx, sy, _ = bright_sources(data, fwhm, n=80, background=bkg,
+                                           saturate=info.saturate)
+                star = ~sharp_sources(data, sx, sy, fwhm, info.gain, info.rdnoise, bkg.map)
+                return sx[star][:40], sy[star][:40]
+
+            t_src, (sx, sy) = _best(sources)
             # the reference pattern: the true positions moved by a header-like error
             order = np.argsort(-truth.star_flux[i][1:][on[1:]])[:50] + 1
             a = np.radians(1.0)
@@ -76,7 +81,7 @@ def main():
             rows.append((t_read, t_bkg, t_src, t_match, t_cr, t_fix, t_phot,
                          m is not None and m.n_matched))
         a = np.array([r[:7] for r in rows]).mean(axis=0) * 1e3
-        names = ["read frame", "background map", "bright sources (40)", "star-pattern match",
+        names = ["read frame", "background map", "bright sources (80, CRs out)", "star-pattern match",
                  f"cosmic-ray test ({len(x)} apertures)", "bad-pixel repair",
                  "measure_frame (incl. repair)"]
         print(f"{args.frames} frames of {shape[1]}x{shape[0]}, {len(x)} stars, "
