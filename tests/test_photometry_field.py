@@ -374,3 +374,67 @@ def test_target_xy_pins_the_target_on_the_reference_frame(tmp_path):
     stars = Table.read(tmp_path / "photometry" / "reference_stars.ecsv")
     assert (stars["x_ref"][0], stars["y_ref"][0]) == (190.0, 191.5)
     assert "target_xy" in stars.meta["target_position"]
+
+
+def test_a_masked_column_through_a_star_s_wing_is_filled_and_one_through_its_core_flags_it():
+    from pipekit.photometry import aperture_sums, measure_frame, repair_bad_pixels
+    from pipekit.testing.simulate import _render_moffat
+
+    r = 3.0 / 0.389
+    x0, y0 = 32.37, 31.71
+    img = _render_moffat((64, 64), np.array([x0]), np.array([y0]), np.array([1e5]), 3.4)
+    true, _, _ = aperture_sums(img, [x0], [y0], r)
+    wing = img.copy()
+    wing[:, 37] = np.nan                          # 4.6 px from the centre
+    n_filled, filled = repair_bad_pixels(wing, np.array([x0]), np.array([y0]), r)
+    total, _, flags = aperture_sums(wing, [x0], [y0], r)
+    assert n_filled[0] > 10 and flags[0] == 0
+    assert total[0] == pytest.approx(true[0], rel=1e-3)
+    core = img.copy()
+    core[:, 32] = np.nan                          # through the centre: its mirror is masked
+    n_filled, _ = repair_bad_pixels(core, np.array([x0]), np.array([y0]), r)
+    assert n_filled[0] == 0
+    assert aperture_sums(core, [x0], [y0], r)[2][0] & BAD_PIXELS
+    # the repaired star's error grows by the filled pixels' noise; the caller's frame is kept
+    noisy = 100.0 + img + np.random.default_rng(3).normal(0, 10, img.shape)
+    noisy[:, 37] = np.nan
+    before = noisy.copy()
+    t = measure_frame(noisy, [(x0, y0)], r, 5 / 0.389, 8 / 0.389, gain=1.0, rdnoise=10.0)
+    clean = measure_frame(np.where(np.isfinite(noisy), noisy, 100.0 + img), [(x0, y0)], r,
+                          5 / 0.389, 8 / 0.389, gain=1.0, rdnoise=10.0)
+    assert t["flags"][0] == 0 and t["n_filled"][0] > 10
+    assert t["flux_err"][0] > clean["flux_err"][0]
+    assert np.array_equal(np.isnan(noisy), np.isnan(before))
+
+
+def test_sharp_sources_are_cosmic_rays_not_stars():
+    from pipekit.photometry import sharp_sources
+    from pipekit.testing.simulate import _render_moffat
+
+    img = 300 + _render_moffat((64, 64), np.array([20.3, 44.0]), np.array([30.6, 20.0]),
+                               np.array([2e4, 2e4]), 3.5)
+    img += np.random.default_rng(2).normal(0, 10, img.shape)
+    img[45, 40] += 5000
+    sharp = sharp_sources(img, np.array([20.3, 44.0, 40.0]), np.array([30.6, 20.0, 45.0]), 3.5,
+                          1.0, 7.0, np.full(img.shape, 300.0))
+    assert list(sharp) == [False, False, True]
+
+
+def test_combine_truths_joins_two_telescopes_in_time_order(tmp_path):
+    from pipekit.testing.simulate import PaczynskiEvent, combine_truths, make_star_field
+
+    stars = make_star_field(269.7596, -28.2094, 20, seed=1)
+    event = PaczynskiEvent(61253.2, 0.2, 3.0)
+    a = simulate_dataset(tmp_path, n_frames=2, seed=1, shape=(64, 64), stars=stars, event=event,
+                         target_hits=(1,), cadence_hours=2.0)
+    b = simulate_dataset(tmp_path, n_frames=2, seed=2, shape=(64, 64), stars=stars, event=event,
+                         instrument="kb98", telescope="0m414", throughput=0.4,
+                         start="2026-08-01T01:00:00", cadence_hours=2.0, first_frame_number=50)
+    t = combine_truths([a, b])
+    assert t.files == [a.files[0], b.files[0], a.files[1], b.files[1]]
+    assert t.meta["pixscale"] == [0.389, 0.571, 0.389, 0.571]
+    assert t.meta["throughput"] == [1.0, 0.4, 1.0, 0.4]
+    assert t.meta["target_hits"] == [2]
+    assert np.allclose(t.target_flux[1], b.target_flux[0])
+    with pytest.raises(ValueError, match="share one StarField"):
+        combine_truths([a, simulate_dataset(tmp_path / "c", n_frames=1, seed=3, shape=(64, 64))])

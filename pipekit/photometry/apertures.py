@@ -116,7 +116,7 @@ def aperture_sums(data, x, y, radius, saturate=None):
 
 
 
-def repair_bad_pixels(data, x, y, radius, max_share=0.02):
+def repair_bad_pixels(data, x, y, radius, max_share=0.02, sky=0.0):
     """Fill non-finite pixels inside apertures from the star's mirror image.
 
     A PSF is point-symmetric about the star's centre, so a masked pixel at offset ``d``
@@ -136,6 +136,9 @@ def repair_bad_pixels(data, x, y, radius, max_share=0.02):
         Aperture radius in pixels.
     max_share : float
         Largest share of the aperture sum the filled pixels may carry.
+    sky : float
+        The sky level left in ``data`` (0 when a background map was subtracted): the
+        share counts the star's light only.
 
     Returns
     -------
@@ -175,8 +178,8 @@ def repair_bad_pixels(data, x, y, radius, max_share=0.02):
     fill = ((1 - fx) * (1 - fy) * data[y0c, x0c] + fx * (1 - fy) * data[y0c, x0c + 1]
             + (1 - fx) * fy * data[y0c + 1, x0c] + fx * fy * data[y0c + 1, x0c + 1])
     ok = inside & np.isfinite(fill)
-    total = np.einsum("nij->n", np.where(near & np.isfinite(values), values, 0.0))
-    share = np.bincount(star[ok], weights=np.abs(fill[ok]), minlength=n)
+    total = np.einsum("nij->n", np.where(near & np.isfinite(values), values - sky, 0.0))
+    share = np.bincount(star[ok], weights=np.abs(fill[ok] - sky), minlength=n)
     ok &= share[star] <= max_share * np.maximum(np.abs(total[star]), 1e-30)
     data[by[ok], bx[ok]] = fill[ok]
     n_filled += np.bincount(star[ok], minlength=n)

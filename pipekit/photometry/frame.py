@@ -103,11 +103,14 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
     n_filled = np.zeros(n, np.int64)
     filled_sum = np.zeros(n)
     if repair and not np.isfinite(data).all():
+        level = 0.0
         if bkg is None:
             data = data.astype(float)          # a copy: the caller's frame stays as it was
+            level = float(np.nanmedian(data[::4, ::4]))
         for start in range(0, len(index), chunk):
             k = index[start:start + chunk]
-            n_filled[k], filled_sum[k] = repair_bad_pixels(data, x[k], y[k], radius)
+            n_filled[k], filled_sum[k] = repair_bad_pixels(data, x[k], y[k], radius,
+                                                           sky=level)
     for start in range(0, len(index), chunk):
         k = index[start:start + chunk]
         sat, level = saturate, 0.0
@@ -134,8 +137,9 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
         var = (np.maximum(flux, 0.0) / gain + area * var_pix
                + area ** 2 * var_pix * (np.pi / 2.0) / np.maximum(n_sky, 1))
         # a filled pixel repeats its mirror's noise: twice a pixel's variance more
-        var += 2.0 * (np.maximum(filled_sum + n_filled * np.maximum(sky, 0.0), 0.0) / gain
-                      + n_filled * (rdnoise / gain) ** 2)
+        # (filled values are in ``data``: with a map subtracted, its level comes back on top)
+        filled = filled_sum + (0.0 if bkg is None else n_filled * _level(bkg, x, y))
+        var += 2.0 * (np.maximum(filled, 0.0) / gain + n_filled * (rdnoise / gain) ** 2)
         flux_err = np.sqrt(var)
     return Table({"x": x, "y": y, "aperture_sum": sums, "area": area, "sky": sky,
                   "sky_std": sky_std, "n_sky": n_sky, "flux": flux, "flux_err": flux_err,
