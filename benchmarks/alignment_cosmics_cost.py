@@ -81,7 +81,8 @@ def main():
             rows.append((t_read, t_bkg, t_src, t_match, t_cr, t_fix, t_phot,
                          m is not None and m.n_matched))
         a = np.array([r[:7] for r in rows]).mean(axis=0) * 1e3
-        names = ["read frame", "background map", "bright sources (80, CRs out)", "star-pattern match",
+        names = ["read frame", "background map", "bright sources (80, CRs out)",
+                 "star-pattern match",
                  f"cosmic-ray test ({len(x)} apertures)", "bad-pixel repair",
                  "measure_frame (incl. repair)"]
         print(f"{args.frames} frames of {shape[1]}x{shape[0]}, {len(x)} stars, "

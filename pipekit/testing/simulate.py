@@ -444,11 +444,9 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
     bad_columns, nan_pixels : int
         NaN columns (never within 40 px of the target) and random NaN pixels per frame.
     throughput : float
-        Scales every star's flux (a smaller telescope collects less light:
-        ~0.16 for a 0.4 m against a 1 m); ``target_flux`` is divided by it too.
+        Scales every star's flux (a 0.4 m gets ~0.16 of a 1 m's); ``target_flux`` leaves it out.
     orientation_deg : float
-        The camera's rotation on the sky (added to each frame's small random rotation);
-        the header WCS carries it.
+        The camera's angle on the sky (the header WCS carries it).
 
     Returns
     -------
@@ -561,9 +559,9 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
 def combine_truths(truths):
     """One `SimulationTruth` for datasets written into one folder (e.g. two telescopes).
 
-    The parts must share their `StarField` and event (pass ``stars=`` and ``event=`` to
-    `simulate_dataset`). Per-frame arrays are joined in time order; per-frame ``meta``
-    lists are joined alike, and ``meta["pixscale"]`` lists each frame's pixel scale.
+    The parts share their `StarField` and event (``stars=``, ``event=`` of `simulate_dataset`).
+    Per-frame arrays and ``meta`` lists are joined in time order; ``meta`` also lists each
+    frame's ``pixscale``, ``gain``, ``rdnoise`` and ``throughput``.
 
     Parameters
     ----------
@@ -581,7 +579,6 @@ def combine_truths(truths):
 
     def join(name):
         return np.concatenate([getattr(t, name) for t in truths])[order]
-
     meta = dict(first.meta)
     for key in ("wcserr", "cr_near_target_px"):
         joined = [v for t in truths for v in t.meta[key]]
