@@ -444,7 +444,7 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
     bad_columns, nan_pixels : int
         NaN columns (never within 40 px of the target) and random NaN pixels per frame.
     throughput : float
-        Scales every star's flux (a 0.4 m gets ~0.16 of a 1 m's); ``target_flux`` leaves it out.
+        Scales every star's flux (a 0.4 m gets ~0.16 of a 1 m's); not in ``target_flux``.
     orientation_deg : float
         The camera's angle on the sky (the header WCS carries it).
 
