@@ -14,10 +14,11 @@ from pipekit.errors import PipekitError
 from pipekit.lightcurve import build_lightcurve, tom_csv_text
 from pipekit.lco import frame_stem
 from pipekit.photometry import (BAD_PIXELS, COSMIC_RAY, Similarity, background_map,
-                                cosmic_ray_hits, match_stars, measure_dataset)
+                                cosmic_ray_hits, match_stars, measure_dataset,
+                                normalise_ensemble)
 from pipekit.testing.simulate import simulate_dataset
 
-N_FRAMES = 20
+N_FRAMES = 30
 SHAPE = (384, 384)
 
 
@@ -32,30 +33,105 @@ def make_dataset(red, seed, n_frames=N_FRAMES, settings=None, **kw):
     return truth
 
 
-def figures(lc, truth):
-    """(unflagged fraction of all frames, reduced chi2 vs truth, rms residual / rms error)."""
+def _frame_tables(red):
+    """The per-frame photometry tables by frame name (the step's own output)."""
+    from astropy.table import Table
+    tables = {}
+    for path in sorted((Path(red) / "photometry").glob("*.ecsv")):
+        if path.name != "reference_stars.ecsv":
+            t = Table.read(path, format="ascii.ecsv")
+            tables[t.meta["frame"]] = t
+    return tables
+
+
+def _photon_err(t, row):
+    """Photon-noise error (ADU) of one star in one frame: the Poisson noise of its aperture
+    flux and of the sky and read noise in the aperture, plus that of the annulus mean sky."""
+    g, rn = t.meta["gain"], t.meta["rdnoise"]
+    area, n_sky = float(t["area"][row]), max(int(t["n_sky"][row]), 1)
+    pix = max(float(t["sky"][row]), 0.0) / g + (rn / g) ** 2
+    return np.sqrt(max(float(t["flux"][row]), 0.0) / g + area * pix * (1 + area / n_sky))
+
+
+def _scaled_residuals(f, e, true):
+    w = 1 / e ** 2
+    scale = np.sum(w * f * true) / np.sum(w * true ** 2)
+    return f - scale * true
+
+
+def figures(lc, truth, red=None):
+    """The issue's figures on the target's unflagged points.
+
+    Returns a dict: ``unflagged`` (fraction of all frames), ``chi2`` (reduced, against the
+    true light curve scaled by one factor), ``scatter_err`` (rms of residual / reported
+    error), ``scatter_photon`` (rms of residual / photon-noise error, when ``red`` is given)
+    and, over the constant field stars normalised with the same ensemble,
+    ``field_chi2`` and ``field_scatter_photon`` (medians over the stars).
+    """
     t = lc.table
     names = [f.name for f in truth.files]
     idx = np.array([names.index(f) for f in t["frame"]])
     good = np.asarray(t["flags"]) == 0
     f = np.asarray(t["flux"], float)[good]
     e = np.asarray(t["flux_err"], float)[good]
-    true = truth.target_flux[idx][good]
-    w = 1 / e ** 2
-    scale = np.sum(w * f * true) / np.sum(w * true ** 2)
-    res = f - scale * true
-    chi2 = np.sum((res / e) ** 2) / (len(f) - 1)
-    ratio = np.sqrt(np.mean(res ** 2) / np.mean(e ** 2))
-    return good.sum() / len(truth.files), chi2, ratio
+    res = _scaled_residuals(f, e, truth.target_flux[idx][good])
+    out = {"unflagged": good.sum() / len(truth.files),
+           "chi2": np.sum((res / e) ** 2) / (len(f) - 1),
+           "scatter_err": np.sqrt(np.mean((res / e) ** 2))}
+    if red is None:
+        return out
+    tables = _frame_tables(red)
+    frames = [str(n) for n in np.asarray(t["frame"])[good]]
+    raw = np.array([tables[n]["flux"][0] for n in frames], float)
+    ph = np.array([_photon_err(tables[n], 0) for n in frames]) * f / raw
+    out["scatter_photon"] = np.sqrt(np.mean((res / ph) ** 2))
+    out.update(_field_figures(tables, truth, names))
+    return out
+
+
+def _field_figures(tables, truth, names):
+    """Median reduced chi2 and scatter / photon noise of the constant field stars."""
+    from astropy.table import Table
+    stars = Table.read(truth.folder.parent / "photometry" / "reference_stars.ecsv")
+    frames = list(tables)
+    idx = np.array([names.index(n) for n in frames])
+    F = np.array([np.asarray(tables[n]["flux"], float) for n in frames])
+    E = np.array([np.asarray(tables[n]["flux_err"], float) for n in frames])
+    G = np.array([np.asarray(tables[n]["flags"], int) for n in frames])
+    ens = normalise_ensemble(F, E, G, exclude=(0,))
+    cosd = np.cos(np.radians(truth.meta["dec"]))
+    throughput = np.asarray(truth.meta.get("throughput", 1.0), float) * np.ones(len(names))
+    chi2, ratio = [], []
+    for k, (ra, dec) in enumerate(zip(stars["ra"], stars["dec"])):
+        j = int(np.argmin(np.hypot((truth.stars.ra - ra) * cosd, truth.stars.dec - dec)))
+        ok = (G[:, k] == 0) & np.isfinite(ens.flux[:, k]) & np.isfinite(ens.zero_point)
+        if k == 0 or truth.stars.variable[j] or ok.sum() < 0.8 * len(frames):
+            continue
+        f, e = ens.flux[ok, k], ens.flux_err[ok, k]
+        true = truth.star_flux[idx[ok], j] / (truth.transparency * throughput)[idx[ok]]
+        res = _scaled_residuals(f, e, true)
+        ph = np.array([_photon_err(tables[frames[i]], k) for i in np.flatnonzero(ok)]) \
+            * f / F[ok, k]
+        chi2.append(np.sum((res / e) ** 2) / (len(f) - 1))
+        ratio.append(np.sqrt(np.mean((res / ph) ** 2)))
+    return {"field_chi2": float(np.median(chi2)), "field_scatter_photon": float(np.median(ratio)),
+            "field_stars": len(chi2)}
 
 
 def reduce(red, truth):
+    """Measure and build the light curve; assert the issue's figures; print them."""
     result = measure_dataset(red)
     lc = build_lightcurve(red)
-    frac, chi2, ratio = figures(lc, truth)
-    assert frac >= 0.8, (frac, lc.rejected)
-    assert chi2 <= 1.5
-    assert ratio <= 1.2
+    fig = figures(lc, truth, red)
+    print("figures:", {k: round(float(v), 3) for k, v in fig.items()},
+          "rejected:", {**result.rejected, **lc.rejected})
+    assert fig["unflagged"] >= 0.8, (fig, lc.rejected)
+    assert fig["chi2"] <= 1.5, fig
+    assert fig["scatter_err"] <= 1.2, fig
+    # honest errors, neither inflated nor too small: tested on the many constant stars,
+    # whose statistics are tight (the target's ~20 points alone allow chi2 0.4-1.7)
+    assert 0.8 <= fig["field_chi2"] <= 1.25, fig
+    assert fig["field_scatter_photon"] <= 1.2, fig
     return result, lc
 
 
@@ -138,6 +214,81 @@ def test_everything_at_once(tmp_path):
                          transparency_range=(0.05, 1.0))
     result, lc = reduce(tmp_path, truth)
     assert result.reference_frame not in {truth.files[i].name for i in (4, 19)}
+
+
+def make_mixed_dataset(red, seed, n_frames, settings=None, **kw):
+    """A 1 m (0.389"/px) and a 0.4 m (0.571"/px, a sixth of the light per second, exposing
+    2.5 times longer, camera turned 90 degrees) observing one field into one folder,
+    interleaved in time."""
+    from pipekit.testing.simulate import PaczynskiEvent, combine_truths, make_star_field
+
+    data = Path(red) / "data"
+    n1 = n_frames - n_frames // 3
+    t0 = 61253.0 + (n_frames // 2) * 2.0 / 24
+    event = PaczynskiEvent(t0=t0, u0=0.2, tE=3.0)
+    stars = make_star_field(269.7596, -28.2094, 300, size_arcsec=1.15 * max(SHAPE) * 0.571,
+                            target_flux=3.5e4, seed=seed)
+    big = simulate_dataset(data, n_frames=n1, seed=seed, shape=SHAPE, stars=stars, event=event,
+                           start="2026-08-01T00:00:00", cadence_hours=3.0, **kw)
+    kw = {k: v for k, v in kw.items() if k not in ("pointing_only", "target_hits")}
+    small = simulate_dataset(data, n_frames=n_frames - n1, seed=seed + 1000, shape=SHAPE,
+                             stars=stars, event=event, start="2026-08-01T01:30:00",
+                             cadence_hours=6.0, instrument="kb98", telescope="0m414",
+                             site="cpt", throughput=2.5 / 6.25, exptime=150.0,
+                             orientation_deg=90.0,
+                             first_frame_number=500, **kw)
+    truth = combine_truths([big, small])
+    path = Path(red) / "reduction_config.yaml"
+    write_reduction_config(path, truth.meta["target"], truth.meta["ra"], truth.meta["dec"])
+    for key, value in (settings or {}).items():
+        path.write_text(re.sub(rf"(?m)^  {key}:.*$", f"  {key}: {value}", path.read_text()))
+    return truth
+
+
+@pytest.mark.slow
+def test_two_telescopes_with_different_scales_and_orientations_make_one_light_curve(tmp_path):
+    truth = make_mixed_dataset(tmp_path, 21, N_FRAMES)
+    result, lc = reduce(tmp_path, truth)
+    assert result.reference_frame.startswith("lsc1m")     # depth favours the 1 m
+    instruments = {str(n).split("-")[1] for n in lc.table["frame"]}
+    assert instruments == {"fa15", "kb98"}
+    scale = dict(zip((f.name for f in truth.files), truth.meta["pixscale"]))
+    rows = {str(r["frame"]): r for r in lc.table}
+    assert all(abs(rows[n]["align_residual_px"]) < 1.0 for n in rows)
+    assert any(scale[n] > 0.5 for n in rows)
+
+
+@pytest.mark.slow
+def test_a_60_frame_season_with_every_condition_at_once(tmp_path):
+    truth = make_mixed_dataset(
+        tmp_path, 22, 60, header_offset_px=(2.0, 30.0), header_rotation_deg=1.5,
+        pointing_only=(4, 19, 33), sky_gradient=3000.0, cosmic_rays=15, target_hits=(6, 22, 35),
+        bad_columns=2, nan_pixels=60, transparency_range=(0.05, 1.0))
+    result, lc = reduce(tmp_path, truth)
+    names = [f.name for f in truth.files]
+    pointing = {names[i] for i, w in enumerate(truth.meta["wcserr"]) if w}
+    assert len(pointing) == 3 and result.reference_frame not in pointing
+    assert result.reference_frame.startswith("lsc1m")
+    rejected = {**result.rejected, **lc.rejected}
+    light = dict(zip(names, truth.transparency * np.asarray(truth.meta["throughput"])))
+    for name, why in rejected.items():           # every rejection names its real cause:
+        assert "alignment failed" in why or "comparison stars" in why, (name, why)
+        assert light[name] < 0.1, (name, why)    # too few stars left to match a pattern
+    for row in lc.table:                         # every flag has its reason in the frame
+        g = int(row["flags"])
+        i = names.index(row["frame"])
+        if g & COSMIC_RAY:
+            assert row["cr_hits"] > 0
+            assert any(d < 3.0 / truth.meta["pixscale"][i] + 1.5
+                       for d in truth.meta["cr_near_target_px"][i])
+        assert g & ~(COSMIC_RAY | BAD_PIXELS) == 0, (row["frame"], g)
+    for i in truth.meta["target_hits"]:           # the hits on the target are all caught
+        if names[i] in rows_of(lc):
+            assert rows_of(lc)[names[i]]["flags"] & COSMIC_RAY
+
+
+def rows_of(lc):
+    return {str(r["frame"]): r for r in lc.table}
 
 
 # ---- pieces -----------------------------------------------------------------------------------
@@ -223,3 +374,67 @@ def test_target_xy_pins_the_target_on_the_reference_frame(tmp_path):
     stars = Table.read(tmp_path / "photometry" / "reference_stars.ecsv")
     assert (stars["x_ref"][0], stars["y_ref"][0]) == (190.0, 191.5)
     assert "target_xy" in stars.meta["target_position"]
+
+
+def test_a_masked_column_through_a_star_s_wing_is_filled_and_one_through_its_core_flags_it():
+    from pipekit.photometry import aperture_sums, measure_frame, repair_bad_pixels
+    from pipekit.testing.simulate import _render_moffat
+
+    r = 3.0 / 0.389
+    x0, y0 = 32.37, 31.71
+    img = _render_moffat((64, 64), np.array([x0]), np.array([y0]), np.array([1e5]), 3.4)
+    true, _, _ = aperture_sums(img, [x0], [y0], r)
+    wing = img.copy()
+    wing[:, 37] = np.nan                          # 4.6 px from the centre
+    n_filled, filled = repair_bad_pixels(wing, np.array([x0]), np.array([y0]), r)
+    total, _, flags = aperture_sums(wing, [x0], [y0], r)
+    assert n_filled[0] > 10 and flags[0] == 0
+    assert total[0] == pytest.approx(true[0], rel=1e-3)
+    core = img.copy()
+    core[:, 32] = np.nan                          # through the centre: its mirror is masked
+    n_filled, _ = repair_bad_pixels(core, np.array([x0]), np.array([y0]), r)
+    assert n_filled[0] == 0
+    assert aperture_sums(core, [x0], [y0], r)[2][0] & BAD_PIXELS
+    # the repaired star's error grows by the filled pixels' noise; the caller's frame is kept
+    noisy = 100.0 + img + np.random.default_rng(3).normal(0, 10, img.shape)
+    noisy[:, 37] = np.nan
+    before = noisy.copy()
+    t = measure_frame(noisy, [(x0, y0)], r, 5 / 0.389, 8 / 0.389, gain=1.0, rdnoise=10.0)
+    clean = measure_frame(np.where(np.isfinite(noisy), noisy, 100.0 + img), [(x0, y0)], r,
+                          5 / 0.389, 8 / 0.389, gain=1.0, rdnoise=10.0)
+    assert t["flags"][0] == 0 and t["n_filled"][0] > 10
+    assert t["flux_err"][0] > clean["flux_err"][0]
+    assert np.array_equal(np.isnan(noisy), np.isnan(before))
+
+
+def test_sharp_sources_are_cosmic_rays_not_stars():
+    from pipekit.photometry import sharp_sources
+    from pipekit.testing.simulate import _render_moffat
+
+    img = 300 + _render_moffat((64, 64), np.array([20.3, 44.0]), np.array([30.6, 20.0]),
+                               np.array([2e4, 2e4]), 3.5)
+    img += np.random.default_rng(2).normal(0, 10, img.shape)
+    img[45, 40] += 5000
+    sharp = sharp_sources(img, np.array([20.3, 44.0, 40.0]), np.array([30.6, 20.0, 45.0]), 3.5,
+                          1.0, 7.0, np.full(img.shape, 300.0))
+    assert list(sharp) == [False, False, True]
+
+
+def test_combine_truths_joins_two_telescopes_in_time_order(tmp_path):
+    from pipekit.testing.simulate import PaczynskiEvent, combine_truths, make_star_field
+
+    stars = make_star_field(269.7596, -28.2094, 20, seed=1)
+    event = PaczynskiEvent(61253.2, 0.2, 3.0)
+    a = simulate_dataset(tmp_path, n_frames=2, seed=1, shape=(64, 64), stars=stars, event=event,
+                         target_hits=(1,), cadence_hours=2.0)
+    b = simulate_dataset(tmp_path, n_frames=2, seed=2, shape=(64, 64), stars=stars, event=event,
+                         instrument="kb98", telescope="0m414", throughput=0.4,
+                         start="2026-08-01T01:00:00", cadence_hours=2.0, first_frame_number=50)
+    t = combine_truths([a, b])
+    assert t.files == [a.files[0], b.files[0], a.files[1], b.files[1]]
+    assert t.meta["pixscale"] == [0.389, 0.571, 0.389, 0.571]
+    assert t.meta["throughput"] == [1.0, 0.4, 1.0, 0.4]
+    assert t.meta["target_hits"] == [2]
+    assert np.allclose(t.target_flux[1], b.target_flux[0])
+    with pytest.raises(ValueError, match="share one StarField"):
+        combine_truths([a, simulate_dataset(tmp_path / "c", n_frames=1, seed=3, shape=(64, 64))])

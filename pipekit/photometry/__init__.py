@@ -10,8 +10,8 @@ whole dataset folder, one resumable per-frame file at a time).
 """
 
 from .alignment import Match, Similarity, centroid_shift, fit_similarity, match_stars
-from .apertures import aperture_sums, circular_overlap
-from .cosmics import cosmic_ray_hits, psf_peak_contrast
+from .apertures import aperture_sums, circular_overlap, repair_bad_pixels
+from .cosmics import cosmic_ray_hits, psf_peak_contrast, sharp_sources
 from .dataset import (REFERENCE_STARS, REJECTED_FRAMES, DatasetPhotometry, load_dataset_config,
                       frame_photometry_path, invalidate_frame, measure_dataset,
                       measure_frame_file, write_ecsv)
@@ -33,5 +33,5 @@ __all__ = [
     "measure_frame", "centroid_shift", "detect_stars", "bjd_tdb", "Ensemble",
     "normalise_ensemble", "DatasetPhotometry", "measure_dataset", "measure_frame_file",
     "load_dataset_config", "write_ecsv", "REFERENCE_STARS", "REJECTED_FRAMES",
-    "invalidate_frame", "frame_photometry_path",
+    "invalidate_frame", "frame_photometry_path", "repair_bad_pixels", "sharp_sources",
 ]

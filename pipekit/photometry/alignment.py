@@ -173,7 +173,7 @@ def _triangles(xy, k=5):
 
 
 def match_stars(src, dst, *, tolerance=2.0, max_shift=None, max_rotation_deg=3.0,
-                max_scale_error=0.03, min_matched=5, centre=(0.0, 0.0), k=5):
+                max_scale_error=0.03, min_matched=None, centre=(0.0, 0.0), k=5):
     """Match two star lists by their triangle patterns and fit a similarity transform.
 
     Triangles of each star and its nearest neighbours are compared through their
@@ -195,8 +195,11 @@ def match_stars(src, dst, *, tolerance=2.0, max_shift=None, max_rotation_deg=3.0
     max_shift : float, optional
         Largest plausible displacement of ``centre`` (None: unbounded).
     max_rotation_deg, max_scale_error : float
-    min_matched : int
-        Fewer matched pairs than this: no match.
+    min_matched : int, optional
+        Fewer matched pairs than this: no match. A triangle pair matches its own three
+        stars by construction, so 5 means only two more by chance, which thousands of
+        proposals can find among many ``src`` stars on a sparse frame. Default: 5 for up to
+        10 ``src`` stars (few stars to land by chance), else 6.
     centre : tuple
         Where ``max_shift`` is measured (the frame's centre).
 
@@ -211,6 +214,8 @@ def match_stars(src, dst, *, tolerance=2.0, max_shift=None, max_rotation_deg=3.0
     dst = np.asarray(dst, float).reshape(-1, 2)
     if len(src) < 3 or len(dst) < 3:
         return None
+    if min_matched is None:
+        min_matched = 5 if len(src) <= 10 else 6
     ts, inv_s = _triangles(src, k)
     td, inv_d = _triangles(dst, k)
     if len(ts) == 0 or len(td) == 0:

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["psf_peak_contrast", "cosmic_ray_hits"]
+__all__ = ["psf_peak_contrast", "cosmic_ray_hits", "sharp_sources"]
 
 
 def psf_peak_contrast(fwhm):
@@ -84,13 +84,51 @@ def cosmic_ray_hits(data, x, y, radius, fwhm, gain, rdnoise, sky, *, sigma=6.0,
     m = cut.shape[1] - 2
     views = [cut[:, 1 + a:1 + a + m, 1 + b:1 + b + m] for a in (-1, 0, 1) for b in (-1, 0, 1)]
     centre = views[4]
-    med3 = np.median(np.stack(views), axis=0)
     noise = np.sqrt(np.maximum(centre, 0.0) / gain + (rdnoise / gain) ** 2)
     s = sky[:, None, None]
     limit = contrast * psf_peak_contrast(fwhm)
-    hit = ((centre - med3) > sigma * noise) & \
-        ((centre - s) > limit * np.maximum(med3 - s, noise))
+    # a hit stands ``limit`` noises above the sky at least: the 3 x 3 medians (the cost)
+    # are taken for those pixels only
+    cand = np.nonzero((centre - s) > limit * noise)
+    med3 = np.stack([v[cand] for v in views]).astype(float)
+    med3 = np.median(med3, axis=0) if med3.size else np.zeros(0)
+    c, nz, sk = centre[cand], noise[cand], s[cand[0], 0, 0]
+    hit = np.zeros(centre.shape, bool)
+    hit[cand] = ((c - med3) > sigma * nz) & ((c - sk) > limit * np.maximum(med3 - sk, nz))
     gx = (ix[:, None] + off[1:-1])[:, None, :] - x[:, None, None]
     gy = (iy[:, None] + off[1:-1])[:, :, None] - y[:, None, None]
     inside = gx ** 2 + gy ** 2 <= (radius + 0.5) ** 2
     return (hit & inside).sum(axis=(1, 2))
+
+
+def sharp_sources(data, x, y, fwhm, gain, rdnoise, background):
+    """Which detected sources are cosmic rays, not stars (for the alignment star lists).
+
+    Parameters
+    ----------
+    data : ndarray
+        The frame (ADU, sky not subtracted).
+    x, y : ndarray
+        Source positions (0-based pixels), inside the frame.
+    fwhm : float
+        The frame's PSF FWHM in pixels.
+    gain, rdnoise : float
+        e-/ADU and e-.
+    background : ndarray
+        The frame's sky map (`pipekit.photometry.detection.background_map`'s ``map``).
+
+    Returns
+    -------
+    ndarray of bool
+        True where a source holds a cosmic-ray pixel within 1.5 px of its centre
+        (`cosmic_ray_hits`): such a source is a hit, or a star a hit fell on; either way
+        its position is not the star's.
+    """
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    if len(x) == 0:
+        return np.zeros(0, bool)
+    ny, nx = background.shape
+    sky = background[np.clip(np.rint(y).astype(int), 0, ny - 1),
+                     np.clip(np.rint(x).astype(int), 0, nx - 1)]
+    return cosmic_ray_hits(data, x, y, 1.5, fwhm, gain, rdnoise, sky) > 0

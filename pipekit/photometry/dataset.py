@@ -20,7 +20,7 @@ from ..atomic import write_text_atomic
 from ..datasets import dataset_frames
 from ..errors import FrameError, PipekitError
 from .alignment import centroid_shift, match_stars
-from .cosmics import cosmic_ray_hits
+from .cosmics import cosmic_ray_hits, sharp_sources
 from .detection import background_map, bright_sources
 from .flags import COSMIC_RAY, OFF_FRAME
 from .frame import measure_frame
@@ -230,7 +230,9 @@ def measure_frame_file(path, stars, config, bright):
     fwhm = frame_fwhm_px(frame.header, info.pixscale) or 2.0 / info.pixscale
     x, y = frame.wcs.all_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
     bkg = background_map(data)
-    sx, sy, _ = bright_sources(data, fwhm, n=40, background=bkg, saturate=info.saturate)
+    sx, sy, _ = bright_sources(data, fwhm, n=80, background=bkg, saturate=info.saturate)
+    star = ~sharp_sources(data, sx, sy, fwhm, info.gain, info.rdnoise, bkg.map)  # no hits
+    sx, sy = sx[star], sy[star]
     bright = np.asarray(bright, int)
     pointing_only = bool(info.wcserr)
     max_shift = None if pointing_only else s["max_shift"]
@@ -239,6 +241,11 @@ def measure_frame_file(path, stars, config, bright):
         on = (bx > -max_shift) & (bx < nx + max_shift) & (by > -max_shift) & \
             (by < ny + max_shift)
         bx, by = bx[on], by[on]
+        if len(bx):  # and only sources where reference stars can be (a wider camera's field)
+            near = (sx > bx.min() - max_shift) & (sx < bx.max() + max_shift) & \
+                (sy > by.min() - max_shift) & (sy < by.max() + max_shift)
+            sx, sy = sx[near], sy[near]
+    sx, sy = sx[:40], sy[:40]
     # star lists of similar depth share their triangles
     k, kd = min(len(bx), len(sx) + 10), min(len(sx), len(bx) + 10)
     match = match_stars(np.column_stack([bx[:k], by[:k]]), np.column_stack([sx[:kd], sy[:kd]]),

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from .apertures import aperture_sums
+from .apertures import aperture_sums, repair_bad_pixels
 from .flags import EDGE, OFF_FRAME, SKY_POOR
 from .sky import annulus_sky
 
@@ -24,7 +24,8 @@ MIN_SKY_PIXELS = 20
 
 
 def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnoise,
-                  saturate=None, *, sigma=3.0, maxiters=10, edge_margin=0.0, background=None):
+                  saturate=None, *, sigma=3.0, maxiters=10, edge_margin=0.0, background=None,
+                  repair=True):
     """Aperture photometry of many stars in one frame (photutils-style, vectorised).
 
     Parameters
@@ -52,16 +53,20 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
         the annulus then measures only what the map leaves, so a sky gradient neither
         biases the sky of a star whose annulus is cut by the edge nor inflates its scatter.
         ``sky`` is reported as the map plus that local residual.
+    repair : bool
+        Fill masked (non-finite) aperture pixels from the star's mirror image
+        (`repair_bad_pixels`); only stars left with masked pixels are flagged ``BAD_PIXELS``.
 
     Returns
     -------
     astropy.table.Table
         One row per position: ``x, y, aperture_sum, area, sky, sky_std, n_sky, flux,
-        flux_err, flags``. ``flux = aperture_sum - area * sky`` (ADU);
+        flux_err, flags, n_filled``. ``flux = aperture_sum - area * sky`` (ADU);
         ``flux_err² = flux / gain + area σ² + area² σ² π / (2 n_sky)`` with the per-pixel
         variance ``σ² = max(sky_std², sky / gain + (rdnoise / gain)²)``: Poisson noise of
         the star, noise of the sky and read noise in the aperture, and the uncertainty of the
-        median sky level. Off-frame stars get NaN and ``OFF_FRAME``.
+        median sky level; each of the ``n_filled`` repaired pixels adds twice a pixel's
+        variance (it repeats its mirror's noise). Off-frame stars get NaN and ``OFF_FRAME``.
 
     Examples
     --------
@@ -95,6 +100,17 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
                    int(np.pi * ((annulus_out + 1.75) ** 2 - max(annulus_in - 0.75, 0) ** 2)))
     chunk = max(1, int(1_500_000 // per_star))
     index = np.flatnonzero(on)
+    n_filled = np.zeros(n, np.int64)
+    filled_sum = np.zeros(n)
+    if repair and not np.isfinite(data).all():
+        level = 0.0
+        if bkg is None:
+            data = data.astype(float)          # a copy: the caller's frame stays as it was
+            level = float(np.nanmedian(data[::4, ::4]))
+        for start in range(0, len(index), chunk):
+            k = index[start:start + chunk]
+            n_filled[k], filled_sum[k] = repair_bad_pixels(data, x[k], y[k], radius,
+                                                           sky=level)
     for start in range(0, len(index), chunk):
         k = index[start:start + chunk]
         sat, level = saturate, 0.0
@@ -120,9 +136,13 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
         var_pix = np.fmax(sky_std ** 2, var_model)
         var = (np.maximum(flux, 0.0) / gain + area * var_pix
                + area ** 2 * var_pix * (np.pi / 2.0) / np.maximum(n_sky, 1))
+        # a filled pixel repeats its mirror's noise: twice a pixel's variance more
+        # (filled values are in ``data``: with a map subtracted, its level comes back on top)
+        filled = filled_sum + (0.0 if bkg is None else n_filled * _level(bkg, x, y))
+        var += 2.0 * (np.maximum(filled, 0.0) / gain + n_filled * (rdnoise / gain) ** 2)
         flux_err = np.sqrt(var)
     return Table({"x": x, "y": y, "aperture_sum": sums, "area": area, "sky": sky,
                   "sky_std": sky_std, "n_sky": n_sky, "flux": flux, "flux_err": flux_err,
-                  "flags": flags})
+                  "flags": flags, "n_filled": n_filled})
 
 

@@ -20,7 +20,7 @@ from astropy.wcs import WCS
 from ..atomic import atomic_write
 
 __all__ = ["PaczynskiEvent", "StarField", "SimulationTruth", "SITES", "make_star_field",
-           "simulate_frame", "simulate_dataset", "lco_filename"]
+           "simulate_frame", "simulate_dataset", "combine_truths", "lco_filename"]
 
 log = logging.getLogger("pipekit.testing.simulate")
 
@@ -392,7 +392,7 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
                      wcs_error_px=0.3, stars=None, first_frame_number=1,
                      header_offset_px=(0.0, 0.0), header_rotation_deg=0.0, pointing_only=(),
                      sky_gradient=0.0, cosmic_rays=0, target_hits=(), bad_columns=0,
-                     nan_pixels=0):
+                     nan_pixels=0, throughput=1.0, orientation_deg=0.0):
     """Write ``n_frames`` LCO-like frames of a microlensing event into ``folder``.
 
     Parameters
@@ -443,6 +443,10 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
         10 arcsec of the target.
     bad_columns, nan_pixels : int
         NaN columns (never within 40 px of the target) and random NaN pixels per frame.
+    throughput : float
+        Scales every star's flux (a 0.4 m gets ~0.16 of a 1 m's); not in ``target_flux``.
+    orientation_deg : float
+        The camera's angle on the sky (the header WCS carries it).
 
     Returns
     -------
@@ -472,38 +476,41 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
     fwhm = rng.uniform(*seeing, n_frames)
     skies = rng.uniform(*sky_range, n_frames)
     transp = rng.uniform(*transparency_range, n_frames)
+    # the conditions draw from their own stream: a dataset with cosmic rays (say) has the same
+    # stars, seeing and noise as the same seed without them
+    crng = np.random.default_rng([int(seed), 11])
     files, xs, ys, fluxes, cr_near_target = [], [], [], [], []
     cosd = np.cos(np.radians(dec))
     for i in range(n_frames):
         jx, jy = rng.normal(0.0, jitter_arcsec, 2) / 3600.0
-        rot = rng.normal(0.0, rotation_deg)
+        rot = orientation_deg + rng.normal(0.0, rotation_deg)
         true_wcs = _tan_wcs(ra + jx / cosd, dec + jy, shape, pixscale, rot)
         header_wcs = true_wcs.deepcopy()
         err = rng.normal(0.0, wcs_error_px, 2)
         lo, hi = (100.0, 250.0) if i in pointing_only else header_offset_px
         if hi > 0:
-            phi = rng.uniform(0, 2 * np.pi)
-            err += rng.uniform(lo, hi) * np.array([np.cos(phi), np.sin(phi)])
+            phi = crng.uniform(0, 2 * np.pi)
+            err += crng.uniform(lo, hi) * np.array([np.cos(phi), np.sin(phi)])
         header_wcs.wcs.crpix = header_wcs.wcs.crpix + err
         if header_rotation_deg:
-            a = np.radians(rng.uniform(-header_rotation_deg, header_rotation_deg))
+            a = np.radians(crng.uniform(-header_rotation_deg, header_rotation_deg))
             rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
             header_wcs.wcs.cd = header_wcs.wcs.cd @ rot
         tx, ty = (float(v[0]) for v in true_wcs.all_world2pix([ra], [dec], 0))
         slope = (0.0, 0.0)
         if sky_gradient:
-            phi = rng.uniform(0, 2 * np.pi)
+            phi = crng.uniform(0, 2 * np.pi)
             slope = sky_gradient / max(shape) * np.array([np.cos(phi), np.sin(phi)])
-        crs = [(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]),
-                float(np.exp(rng.uniform(np.log(500), np.log(2e4))))) for _ in range(cosmic_rays)]
+        crs = [(crng.uniform(0, shape[1]), crng.uniform(0, shape[0]),
+                float(np.exp(crng.uniform(np.log(500), np.log(2e4))))) for _ in range(cosmic_rays)]
         if i in target_hits:  # anywhere in a 3 arcsec aperture, evenly over its area
-            r, phi = 0.95 * 3.0 / pixscale * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
-            crs.append((tx + r * np.cos(phi), ty + r * np.sin(phi), rng.uniform(1500, 8000)))
+            r, phi = 0.95 * 3.0 / pixscale * np.sqrt(crng.uniform()), crng.uniform(0, 2 * np.pi)
+            crs.append((tx + r * np.cos(phi), ty + r * np.sin(phi), crng.uniform(1500, 8000)))
         cr_near_target.append([round(float(np.hypot(cx - tx, cy - ty)), 2) for cx, cy, _ in crs
                                if np.hypot(cx - tx, cy - ty) < 10 / pixscale])
         cols = []
         if bad_columns:
-            cols = [c for c in rng.integers(0, shape[1], 3 * bad_columns) if abs(c - tx) > 40]
+            cols = [c for c in crng.integers(0, shape[1], 3 * bad_columns) if abs(c - tx) > 40]
             cols = cols[:bad_columns]
         number = first_frame_number + i
         airmass = 1.0 + rng.uniform(0.0, 0.8)
@@ -518,7 +525,8 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
         path = folder / name
         x, y, flux = simulate_frame(path, stars, mjd_start=mjd_start[i], wcs=true_wcs,
                                     header_wcs=header_wcs, shape=shape, exptime=exptime,
-                                    fwhm_arcsec=fwhm[i], transparency=transp[i], sky=skies[i],
+                                    fwhm_arcsec=fwhm[i], transparency=transp[i] * throughput,
+                                    sky=skies[i],
                                     pixscale=pixscale, gain=gain, rdnoise=rdnoise,
                                     saturate=saturate, event=event,
                                     source_flux=source_flux, header=hdr,
@@ -535,12 +543,58 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
     return SimulationTruth(
         folder=folder, files=files, stars=stars, event=event, source_flux=source_flux,
         mjd_start=mjd_start, mjd_mid=mjd_mid, exptime=exptime, transparency=transp, sky=skies,
-        fwhm_arcsec=fwhm, target_flux=star_flux[:, 0] / transp, star_flux=star_flux,
+        fwhm_arcsec=fwhm, target_flux=star_flux[:, 0] / (transp * throughput),
+        star_flux=star_flux,
         x=np.array(xs), y=np.array(ys), gain=gain, rdnoise=rdnoise, saturate=saturate,
         pixscale=pixscale,
         meta={"target": target, "ra": ra, "dec": dec, "instrument": instrument,
               "filter": filter, "site": site, "shape": shape, "blend_flux": blend_flux,
               "wcserr": [4 if i in pointing_only else 0 for i in range(n_frames)],
+              "throughput": throughput,
               "target_hits": sorted(int(i) for i in target_hits),
               "cr_near_target_px": cr_near_target},
     )
+
+
+def combine_truths(truths):
+    """One `SimulationTruth` for datasets written into one folder (e.g. two telescopes).
+
+    The parts share their `StarField` and event (``stars=``, ``event=`` of `simulate_dataset`).
+    Per-frame arrays and ``meta`` lists are joined in time order; ``meta`` also lists each
+    frame's ``pixscale``, ``gain``, ``rdnoise`` and ``throughput``.
+
+    Parameters
+    ----------
+    truths : sequence of SimulationTruth
+
+    Returns
+    -------
+    SimulationTruth
+        Scalars (gain, read noise, pixel scale ...) are those of the first part.
+    """
+    first = truths[0]
+    if any(t.stars is not first.stars or t.event is not first.event for t in truths):
+        raise ValueError("combine_truths: the parts must share one StarField and one event")
+    order = np.argsort(np.concatenate([t.mjd_start for t in truths]), kind="stable")
+
+    def join(name):
+        return np.concatenate([getattr(t, name) for t in truths])[order]
+    meta = dict(first.meta)
+    for key in ("wcserr", "cr_near_target_px"):
+        joined = [v for t in truths for v in t.meta[key]]
+        meta[key] = [joined[i] for i in order]
+    for key in ("pixscale", "gain", "rdnoise", "throughput"):
+        meta[key] = [float(v) for v in np.concatenate(
+            [np.full(len(t.files), t.meta.get(key, getattr(t, key, 1.0))) for t in truths])[order]]
+    offsets = np.cumsum([0] + [len(t.files) for t in truths])
+    hits = np.concatenate([np.asarray(t.meta["target_hits"], int) + o
+                           for t, o in zip(truths, offsets)])
+    meta["target_hits"] = [int(i) for i in np.flatnonzero(np.isin(order, hits))]
+    files = [f for t in truths for f in t.files]
+    return SimulationTruth(
+        folder=first.folder, files=[files[i] for i in order], stars=first.stars,
+        event=first.event, source_flux=first.source_flux, mjd_start=join("mjd_start"),
+        mjd_mid=join("mjd_mid"), exptime=first.exptime, transparency=join("transparency"),
+        sky=join("sky"), fwhm_arcsec=join("fwhm_arcsec"), target_flux=join("target_flux"),
+        star_flux=join("star_flux"), x=join("x"), y=join("y"), gain=first.gain,
+        rdnoise=first.rdnoise, saturate=first.saturate, pixscale=first.pixscale, meta=meta)
