@@ -148,7 +148,7 @@ def _header_ranked(frames, rejected):
     return [f for *_, f in sorted(ranked, key=lambda r: r[:2])], pointing_only
 
 
-def select_reference_stars(frames, config, rejected, red_dir):
+def select_reference_stars(frames, config, rejected, red_dir, keep=None):
     """Choose the reference frame and detect the dataset's field stars on it.
 
     Parameters
@@ -159,6 +159,9 @@ def select_reference_stars(frames, config, rejected, red_dir):
         Frame name -> reason; unreadable frames are added.
     red_dir : Path
         The dataset folder (for messages).
+    keep : FrameCache, optional
+        Frames read here (and their background maps) are offered to it, so that the
+        measuring pass does not read them again.
 
     Returns
     -------
@@ -188,6 +191,8 @@ def select_reference_stars(frames, config, rejected, red_dir):
     for f in order:
         try:
             frame = read_frame(f)
+            if keep is not None:
+                keep.offer(f, frame)
             info = frame.info
             if frame.wcs is None or info.problems:
                 raise FrameError(f"{f}: " + ("; ".join(info.problems) or "no celestial WCS"))
@@ -204,8 +209,10 @@ def select_reference_stars(frames, config, rejected, red_dir):
             continue
         s = settings_px(config, info.pixscale)
         fwhm = frame_fwhm_px(frame.header, info.pixscale) or 2.0 / info.pixscale
-        depth, sources, _ = field_depth(frame.data, fwhm, s["radius"], info.gain, info.rdnoise,
-                                        info.saturate)
+        depth, sources, bkg = field_depth(frame.data, fwhm, s["radius"], info.gain,
+                                          info.rdnoise, info.saturate)
+        if keep is not None:
+            keep.offer_background(f, bkg)
         cands.append(_Candidate(f, info, frame.wcs, depth, sources, fwhm))
         if len(cands) >= DEPTH_CANDIDATES:
             break
@@ -216,10 +223,11 @@ def select_reference_stars(frames, config, rejected, red_dir):
            f"S/N > 10 (others {', '.join(str(c.depth) for c in cands if c is not best) or 'none'})")
     if wanted:
         why = "photometry.reference_frame"
-    frame = read_frame(best.path)
+    cached = keep.get(best.path) if keep is not None else None
+    frame = cached[0] if cached else read_frame(best.path)
     info, data = frame.info, frame.data
     s = settings_px(config, info.pixscale)
-    bkg = background_map(data)
+    bkg = cached[1] if cached and cached[1] is not None else background_map(data)
     tx, ty, how = _target_on_reference(frame, best, cands, config, s, bkg)
     found = detect_stars(data, best.fwhm, p.detection_sigma, max_stars=4 * p.max_field_stars,
                          saturate=info.saturate, border=s["annulus_out"],
