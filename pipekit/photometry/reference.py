@@ -19,6 +19,7 @@ from ..errors import ConfigError, FrameError, PipekitError
 from .alignment import centroid_shift, match_stars
 from .apertures import aperture_sums
 from .detection import background_map, bright_sources, detect_stars
+from .reading import read_ahead
 
 __all__ = ["settings_px", "frame_fwhm_px", "check_pixels", "star_list_hash",
            "frame_settings_hash", "field_depth", "select_reference_stars", "DEPTH_CANDIDATES"]
@@ -188,9 +189,11 @@ def select_reference_stars(frames, config, rejected, red_dir, keep=None):
     else:
         order, pointing_only = _header_ranked(frames, rejected)
     target_off, cands = {}, []
-    for f in order:
+    reader = read_ahead(order)  # the next candidate is read while this one is measured
+    for f, frame, _, error in reader:
         try:
-            frame = read_frame(f)
+            if error is not None:
+                raise error
             if keep is not None:
                 keep.offer(f, frame)
             info = frame.info
@@ -216,6 +219,8 @@ def select_reference_stars(frames, config, rejected, red_dir, keep=None):
         cands.append(_Candidate(f, info, frame.wcs, depth, sources, fwhm))
         if len(cands) >= DEPTH_CANDIDATES:
             break
+    reader.close()
+    frame = None
     if not cands:
         _raise_no_reference(frames, order, rejected, target_off, pointing_only, config, red_dir)
     best = max(cands, key=lambda c: c.depth)
