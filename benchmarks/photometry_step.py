@@ -9,7 +9,7 @@ of ``--repeat`` runs each, interleaved, and prints the ratio and where the step'
 
 Run from the repository root:
 
-    python benchmarks/photometry_step.py [--cases 8x2048x400,24x2048x400,4x4096x2000]
+    python benchmarks/photometry_step.py [--cases 8x2048x400,24x2048x400,8x4096x2000]
                                          [--repeat 2] [--keep DIR]
 
 ``--keep DIR`` keeps the simulated frames in DIR and reuses them on the next run.
@@ -142,7 +142,7 @@ def simulate(root, n_frames, size, n_stars):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="8x2048x400,24x2048x400,4x4096x2000",
+    parser.add_argument("--cases", default="8x2048x400,24x2048x400,8x4096x2000",
                         help="frames x size x stars, comma separated")
     parser.add_argument("--repeat", type=int, default=2, help="runs per case, best kept")
     parser.add_argument("--keep", help="keep (and reuse) the simulated frames in this folder")

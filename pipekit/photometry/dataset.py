@@ -1,9 +1,10 @@
 """The dataset driver: measure every frame of a dataset folder, one resumable file per frame.
 
-Field stars are detected once on a reference frame; each frame is then read, its stars
-placed through its own WCS and measured with `measure_frame`, and its table written to
-``<red_dir>/photometry/<frame>.ecsv``. Frames that cannot be measured are listed, with
-their reasons, in ``rejected_frames.json``. Every file is written atomically;
+Field stars are detected once on a reference frame; each frame is then read (once, the
+next one ahead in a thread), its stars placed through its own WCS and measured with
+`measure_frame`, and its table written to ``<red_dir>/photometry/<frame>.ecsv`` (groups of
+up to `WRITE_GROUP` frames, their BJD_TDB in one call). Frames that cannot be measured are
+listed, with their reasons, in ``rejected_frames.json``. Every file is written atomically;
 `invalidate_frame` marks one frame's photometry stale (a reprocessed frame).
 """
 
@@ -338,9 +339,11 @@ def measure_dataset(red_dir, config=None):
     Field stars are detected once on a reference frame (best seeing) and stored in
     ``<red_dir>/photometry/reference_stars.ecsv`` with their sky positions (the target is
     star 0); every frame places them through its own WCS, refined by a common centroid
-    shift, and gets ``<red_dir>/photometry/<frame>.ecsv`` written atomically as soon as it
-    is measured. A frame that cannot be measured (corrupt, no WCS, missing keys) is listed
-    with its reason in ``rejected_frames.json`` and the others go on.
+    shift, and gets ``<red_dir>/photometry/<frame>.ecsv`` written atomically, in groups of
+    up to `WRITE_GROUP` frames whose BJD_TDB are computed in one call. Frames are read
+    once (those the reference choice read are kept in memory, `FrameCache`) and one ahead
+    in a thread (`read_ahead`). A frame that cannot be measured (corrupt, no WCS, missing
+    keys) is listed with its reason in ``rejected_frames.json`` and the others go on.
 
     Parameters
     ----------

@@ -75,7 +75,8 @@ def ecsv_text(table):
     import yaml
 
     cols = [np.asarray(table[c]) for c in table.colnames]
-    masked = getattr(table, "masked", False) or any(hasattr(table[c], "mask") for c in table.colnames)
+    masked = getattr(table, "masked", False) or \
+        any(hasattr(table[c], "mask") for c in table.colnames)
     if masked or any(c.ndim != 1 or c.dtype.kind not in _KINDS for c in cols):
         buf = io.StringIO()
         table.write(buf, format="ascii.ecsv")
