@@ -50,7 +50,7 @@ def test_fast_ecsv_reads_back_as_astropys_own_file_does():
     assert meta_ours["bjd_tdb"] == t.meta["bjd_tdb"]  # bit for bit
 
 
-def test_fast_ecsv_hands_string_columns_to_astropy():
+def test_fast_ecsv_string_columns_read_back():
     t = Table({"frame": ["a", "b c"], "v": [1.0, 2.0]})
     back = Table.read(ecsv_text(t), format="ascii.ecsv")
     assert list(back["frame"]) == ["a", "b c"]
@@ -174,3 +174,14 @@ def test_per_frame_files_written_by_astropy_are_done_and_read(small_dataset):
     os.utime(path, ns=(1, 1))
     entries = FrameSummary(phot).refresh([path])
     assert np.array_equal(entries[0][2]["flux"], np.asarray(t["flux"]))
+
+
+def test_fast_ecsv_writes_plain_words_itself_and_quotes_through_astropy():
+    t = Table({"frame": ["lsc1m005-fa15-20260731-0001-e91", "b.fits"], "v": [1.0, 2.5]})
+    text = ecsv_text(t)
+    assert "b.fits 2.5" in text
+    back = Table.read(text, format="ascii.ecsv")
+    assert list(back["frame"]) == list(t["frame"]) and back["frame"].dtype.kind == "U"
+    odd = Table({"frame": ["a b", 'say "x"', "nan"], "v": [1.0, 2.0, 3.0]})
+    back = Table.read(ecsv_text(odd), format="ascii.ecsv")
+    assert list(back["frame"]) == ["a b", 'say "x"', "nan"]

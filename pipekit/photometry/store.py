@@ -55,12 +55,21 @@ def _yaml_dumper():
     return getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+def _plain_words(col):
+    """A text column whose values need no quoting in ECSV (no blanks, quotes or ``#``)."""
+    if col.dtype.kind not in "US":
+        return False
+    values = col.tolist()
+    return all(v and v.isprintable() and not any(ch in v for ch in ' "\'#,\t')
+               for v in values) and not any(v in ("nan", "True", "False") for v in values)
+
+
 def ecsv_text(table):
     """The ECSV text of an astropy table, as astropy's writer makes it, five times faster.
 
-    Tables whose columns are all plain 1-D numbers or booleans (units and descriptions
-    allowed) are written here; any other table (strings, masked or multidimensional
-    columns) by astropy's own writer.
+    Tables whose columns are all plain 1-D numbers, booleans or words (text needing no
+    quotes; units and descriptions allowed) are written here; any other table (masked or
+    multidimensional columns, text with blanks or quotes) by astropy's own writer.
 
     Parameters
     ----------
@@ -77,13 +86,15 @@ def ecsv_text(table):
     cols = [np.asarray(table[c]) for c in table.colnames]
     masked = getattr(table, "masked", False) or \
         any(hasattr(table[c], "mask") for c in table.colnames)
-    if masked or any(c.ndim != 1 or c.dtype.kind not in _KINDS for c in cols):
+    if masked or any(c.ndim != 1 or not (c.dtype.kind in _KINDS or _plain_words(c))
+                     for c in cols):
         buf = io.StringIO()
         table.write(buf, format="ascii.ecsv")
         return buf.getvalue()
     datatype = []
     for name, c in zip(table.colnames, cols):
-        entry = {"name": name, "datatype": "bool" if c.dtype.kind == "b" else c.dtype.name}
+        kind = "string" if c.dtype.kind in "US" else c.dtype.name
+        entry = {"name": name, "datatype": "bool" if c.dtype.kind == "b" else kind}
         col = table[name]
         if getattr(col, "unit", None) is not None:
             entry["unit"] = str(col.unit)
@@ -98,8 +109,9 @@ def ecsv_text(table):
                      width=1000)
     lines = ["# %ECSV 1.0", "# ---"] + ["# " + line for line in text.splitlines()]
     lines.append(" ".join(table.colnames))
-    rows = zip(*[c.tolist() for c in cols])
-    lines.extend(" ".join(map(repr, row)) for row in rows)
+    fmt = [str if c.dtype.kind in "US" else repr for c in cols]
+    rows = zip(*[list(map(f, c.tolist())) for f, c in zip(fmt, cols)])
+    lines.extend(" ".join(row) for row in rows)
     lines.append("")
     return "\n".join(lines)
 
