@@ -3,7 +3,7 @@
 Each measured frame has its own ``photometry/<frame stem>.ecsv`` (the resumable unit:
 written atomically once the frame is measured). `write_frame_ecsv` writes the same ECSV
 as astropy's writer (readable by ``Table.read(..., format="ascii.ecsv")``, numbers
-round-trip exactly) in a fifth of the time: the YAML header by the C YAML dumper and the
+round-trip exactly) 6-7 times faster: the YAML header by the C YAML dumper and the
 rows by Python's shortest round-trip float formatting.
 
 `FrameSummary` keeps the columns the light curve needs (``id, flux, flux_err, flags`` and
@@ -65,7 +65,7 @@ def _plain_words(col):
 
 
 def ecsv_text(table):
-    """The ECSV text of an astropy table, as astropy's writer makes it, five times faster.
+    """The ECSV text of an astropy table, as astropy's writer makes it, 6-7 times faster.
 
     Tables whose columns are all plain 1-D numbers, booleans or words (text needing no
     quotes; units and descriptions allowed) are written here; any other table (masked or
