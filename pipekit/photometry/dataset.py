@@ -10,6 +10,7 @@ listed, with their reasons, in ``rejected_frames.json``. Every file is written a
 
 import json
 import logging
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -452,24 +453,30 @@ def _measure_frames(todo, stars, config, red_dir, rejected, result, keep):
         batch.clear()
 
     try:
-        for f, frame, bkg, error in read_ahead(todo, keep):
-            try:
-                if error is not None:
-                    raise error
-                table, info = measure_frame_data(frame, f, stars, config, bright, bkg)
-            except (FrameError, PipekitError) as exc:
-                rejected[f.name] = str(exc)
-                log.warning("rejected %s: %s", f.name, exc)
-            except Exception as exc:  # one bad frame never stops the others (BANZAI's habit)
-                rejected[f.name] = f"{f}: unexpected {type(exc).__name__} while measuring: {exc}"
-                log.exception("rejected %s", f.name)
-            else:
-                batch.append((f, table, info))
-                if len(batch) >= WRITE_GROUP:
-                    flush()
-            del frame, bkg
+        with closing(read_ahead(todo, keep)) as frames:
+            _measure_each(frames, stars, config, bright, rejected, batch, flush)
     finally:
         flush()
+
+
+def _measure_each(frames, stars, config, bright, rejected, batch, flush):
+    """The loop of `_measure_frames`: measure each frame read, flush every group."""
+    for f, frame, bkg, error in frames:
+        try:
+            if error is not None:
+                raise error
+            table, info = measure_frame_data(frame, f, stars, config, bright, bkg)
+        except (FrameError, PipekitError) as exc:
+            rejected[f.name] = str(exc)
+            log.warning("rejected %s: %s", f.name, exc)
+        except Exception as exc:  # one bad frame never stops the others (BANZAI's habit)
+            rejected[f.name] = f"{f}: unexpected {type(exc).__name__} while measuring: {exc}"
+            log.exception("rejected %s", f.name)
+        else:
+            batch.append((f, table, info))
+            if len(batch) >= WRITE_GROUP:
+                flush()
+        del frame, bkg
 
 
 def _write_rejected(phot_dir, rejected):

@@ -73,10 +73,10 @@ class FrameCache:
 
 
 def _read(path):
-    from ..frames import read_frame
+    from ..frames import read_frame_unsilenced
 
     try:
-        return read_frame(path), None
+        return read_frame_unsilenced(path), None
     except Exception as exc:  # noqa: BLE001 - handed to the caller, who reports it per frame
         return None, exc
 
@@ -86,15 +86,24 @@ def read_ahead(paths, cache=None):
 
     Frames in ``cache`` come from it (with their background maps); the others are read
     by one background thread while the caller works on the frame before. ``error`` is the
-    exception `pipekit.frames.read_frame` raised (``frame`` is then None).
+    exception `pipekit.frames.read_frame` raised (``frame`` is then None). Use it in a
+    ``with contextlib.closing(read_ahead(...))`` block: astropy's header-quirk warnings
+    stay silenced until the generator is closed.
 
     Parameters
     ----------
     paths : list of Path
     cache : FrameCache, optional
     """
+    from ..frames import _astropy_quirk_warnings_silenced
+
     paths = list(paths)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipekit-read") as pool:
+    # The thread reads without touching the warnings filters (``catch_warnings`` is not
+    # thread-safe); this generator, in the caller's thread, holds the filters that
+    # `pipekit.frames.read_frame` would set, for the whole reading. Close it (or run it
+    # to its end) before leaving the caller's own warnings contexts.
+    with _astropy_quirk_warnings_silenced(), \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipekit-read") as pool:
         pending = {}
 
         def submit(i):

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import re
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,38 +190,8 @@ def select_reference_stars(frames, config, rejected, red_dir, keep=None):
     else:
         order, pointing_only = _header_ranked(frames, rejected)
     target_off, cands = {}, []
-    reader = read_ahead(order)  # the next candidate is read while this one is measured
-    for f, frame, _, error in reader:
-        try:
-            if error is not None:
-                raise error
-            if keep is not None:
-                keep.offer(f, frame)
-            info = frame.info
-            if frame.wcs is None or info.problems:
-                raise FrameError(f"{f}: " + ("; ".join(info.problems) or "no celestial WCS"))
-            check_pixels(frame.data, f)
-        except FrameError as exc:
-            rejected[f.name] = str(exc)
-            continue
-        tx, ty = frame.wcs.all_world2pix([config.target.ra], [config.target.dec], 0)
-        ny, nx = frame.data.shape
-        if not (0 <= tx[0] <= nx - 1 and 0 <= ty[0] <= ny - 1):
-            log.warning("%s: target off this frame; not used as the reference frame", f.name)
-            target_off[f.name] = (f"{f}: {_target_position(config)} falls outside this frame "
-                                  f"(at pixel x={tx[0]:.0f}, y={ty[0]:.0f} of {nx} x {ny})")
-            continue
-        s = settings_px(config, info.pixscale)
-        fwhm = frame_fwhm_px(frame.header, info.pixscale) or 2.0 / info.pixscale
-        depth, sources, bkg = field_depth(frame.data, fwhm, s["radius"], info.gain,
-                                          info.rdnoise, info.saturate)
-        if keep is not None:
-            keep.offer_background(f, bkg)
-        cands.append(_Candidate(f, info, frame.wcs, depth, sources, fwhm))
-        if len(cands) >= DEPTH_CANDIDATES:
-            break
-    reader.close()
-    frame = None
+    with closing(read_ahead(order)) as reader:  # the next one read while this one is measured
+        _candidates(reader, config, rejected, target_off, cands, keep)
     if not cands:
         _raise_no_reference(frames, order, rejected, target_off, pointing_only, config, red_dir)
     best = max(cands, key=lambda c: c.depth)
@@ -260,6 +231,39 @@ def select_reference_stars(frames, config, rejected, red_dir, keep=None):
                   "settings_hash": star_list_hash(config)}
     log.info("%s: %d field stars on %s (%s); target %s", red_dir, n, best.path.name, why, how)
     return stars
+
+
+def _candidates(reader, config, rejected, target_off, cands, keep):
+    """Measure the depth of frames from ``reader`` until `DEPTH_CANDIDATES` are found."""
+    for f, frame, _, error in reader:
+        try:
+            if error is not None:
+                raise error
+            if keep is not None:
+                keep.offer(f, frame)
+            info = frame.info
+            if frame.wcs is None or info.problems:
+                raise FrameError(f"{f}: " + ("; ".join(info.problems) or "no celestial WCS"))
+            check_pixels(frame.data, f)
+        except FrameError as exc:
+            rejected[f.name] = str(exc)
+            continue
+        tx, ty = frame.wcs.all_world2pix([config.target.ra], [config.target.dec], 0)
+        ny, nx = frame.data.shape
+        if not (0 <= tx[0] <= nx - 1 and 0 <= ty[0] <= ny - 1):
+            log.warning("%s: target off this frame; not used as the reference frame", f.name)
+            target_off[f.name] = (f"{f}: {_target_position(config)} falls outside this frame "
+                                  f"(at pixel x={tx[0]:.0f}, y={ty[0]:.0f} of {nx} x {ny})")
+            continue
+        s = settings_px(config, info.pixscale)
+        fwhm = frame_fwhm_px(frame.header, info.pixscale) or 2.0 / info.pixscale
+        depth, sources, bkg = field_depth(frame.data, fwhm, s["radius"], info.gain,
+                                          info.rdnoise, info.saturate)
+        if keep is not None:
+            keep.offer_background(f, bkg)
+        cands.append(_Candidate(f, info, frame.wcs, depth, sources, fwhm))
+        if len(cands) >= DEPTH_CANDIDATES:
+            break
 
 
 def _target_on_reference(frame, best, cands, config, s, bkg):
