@@ -185,3 +185,18 @@ def test_fast_ecsv_writes_plain_words_itself_and_quotes_through_astropy():
     odd = Table({"frame": ["a b", 'say "x"', "nan"], "v": [1.0, 2.0, 3.0]})
     back = Table.read(ecsv_text(odd), format="ascii.ecsv")
     assert list(back["frame"]) == ["a b", 'say "x"', "nan"]
+
+
+def test_read_ahead_leaves_the_warnings_filters_as_they_were(small_dataset):
+    import warnings
+    from contextlib import closing
+
+    _, truth = small_dataset
+    before = list(warnings.filters)
+    with closing(read_ahead(truth.files)) as reader:
+        got = [frame for _, frame, _, _ in reader]
+    assert warnings.filters == before
+    assert len(got) == len(truth.files) and all(f is not None for f in got)
+    with closing(read_ahead(truth.files)) as reader:   # closed half-way
+        next(reader)
+    assert warnings.filters == before
