@@ -536,26 +536,37 @@ def read_frame(path):
     ((4096, 4096), 'ip', [])
     """
     with _astropy_quirk_warnings_silenced():
-        hdul = _open(path)
-        try:
-            with hdul:
-                hdu = _image_hdu(hdul, path)
-                data = hdu.data
-                if data is None:
-                    raise FrameError(f"{path}: image HDU '{hdu.name}' holds no data")
-                data = np.asarray(data, dtype=np.float32)
-                header = _merged_header(hdul, hdu)
-        except FrameError:
-            raise
-        except Exception as exc:
-            short = _truncation(hdul, path)
-            raise FrameError(f"{path}: cannot read the image data{': ' + short if short else ''} "
-                             f"({type(exc).__name__}: {exc})") from exc
-        while data.ndim > 2 and data.shape[0] == 1:
-            data = data[0]
-        if data.ndim != 2:
-            raise FrameError(f"{path}: image has shape {data.shape}; expected a 2-D image")
-        wcs = _celestial_wcs(header, path)
+        return read_frame_unsilenced(path)
+
+
+def read_frame_unsilenced(path):
+    """`read_frame` without touching the warnings filters, for a reader thread.
+
+    ``warnings.catch_warnings`` changes process-wide state, so two threads using it at
+    once can lose or leak each other's filters: a thread reading frames calls this, while
+    the thread that started it holds ``_astropy_quirk_warnings_silenced()`` around the
+    whole reading (`pipekit.photometry.reading.read_ahead`).
+    """
+    hdul = _open(path)
+    try:
+        with hdul:
+            hdu = _image_hdu(hdul, path)
+            data = hdu.data
+            if data is None:
+                raise FrameError(f"{path}: image HDU '{hdu.name}' holds no data")
+            data = np.asarray(data, dtype=np.float32)
+            header = _merged_header(hdul, hdu)
+    except FrameError:
+        raise
+    except Exception as exc:
+        short = _truncation(hdul, path)
+        raise FrameError(f"{path}: cannot read the image data{': ' + short if short else ''} "
+                         f"({type(exc).__name__}: {exc})") from exc
+    while data.ndim > 2 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim != 2:
+        raise FrameError(f"{path}: image has shape {data.shape}; expected a 2-D image")
+    wcs = _celestial_wcs(header, path)
     info = info_from_header(header, path)
     if wcs is None and info.has_wcs:
         info.has_wcs = False

@@ -20,6 +20,7 @@ from .atomic import write_bytes_atomic, write_text_atomic
 from .errors import PipekitError
 from .photometry import (FLAGS, NON_POSITIVE, OFF_FRAME, REFERENCE_STARS, REJECTED_FRAMES,
                          load_dataset_config, normalise_ensemble, write_ecsv)
+from .photometry.store import FrameSummary
 from .secrets import scrub_value
 
 __all__ = ["LightCurve", "build_lightcurve", "write_lightcurve", "tom_csv_text",
@@ -117,6 +118,21 @@ def _known_settings(value):
     return value
 
 
+class _FrameRows:
+    """One frame's summary entry, read like its table: ``meta`` and ``t[column]``."""
+
+    __slots__ = ("meta", "columns")
+
+    def __init__(self, meta, columns):
+        self.meta, self.columns = meta, columns
+
+    def __getitem__(self, name):
+        return self.columns[name]
+
+    def __len__(self):
+        return len(self.columns["id"])
+
+
 def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
     """Normalise a dataset's stored photometry into the target's light curve.
 
@@ -156,16 +172,23 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
     if rej_path.exists():
         rejected.update(json.loads(rej_path.read_text(encoding="utf-8")))
     tables = []
-    for path in sorted(phot_dir.glob("*.ecsv")):
-        if path.name == REFERENCE_STARS or path.name.startswith("."):
-            continue
-        t = Table.read(path, format="ascii.ecsv")
-        frame = t.meta.get("frame", path.stem)
-        if len(t) != len(stars) or not np.array_equal(np.asarray(t["id"]), np.asarray(stars["id"])):
+    # the summary holds what every per-frame file gave last time: only new files are read
+    summary = FrameSummary(phot_dir)
+    paths = [p for p in sorted(phot_dir.glob("*.ecsv"))
+             if p.name != REFERENCE_STARS and not p.name.startswith(".")]
+    ids = np.asarray(stars["id"])
+    for path, meta, columns in summary.refresh(paths):
+        if meta is None:
+            raise PipekitError(f"{path}: unreadable per-frame photometry ({columns}); delete "
+                               "it to measure the frame again")
+        t = _FrameRows(meta, columns)
+        frame = meta.get("frame", path.stem)
+        if len(t) != len(stars) or not np.array_equal(np.asarray(t["id"]), ids):
             rejected[frame] = (f"{path}: measured with a different star list than {ref_path}; "
                                "delete it to measure the frame again")
             continue
         tables.append(t)
+    summary.save()
     if not tables:
         raise PipekitError(f"{phot_dir}: no per-frame photometry to build a light curve from "
                            f"(rejected frames: {rejected or 'none'})")
@@ -259,10 +282,12 @@ def tom_csv_text(lc):
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["time", "filter", "magnitude", "error"])
     t = lc.table
-    for row in t:
-        if row["flags"] == 0 and np.isfinite(row["mag"]) and np.isfinite(row["mag_err"]):
-            writer.writerow([f"{row['mjd_utc']:.6f}", lc.filter, f"{row['mag']:.5f}",
-                             f"{row['mag_err']:.5f}"])
+    mjd = np.asarray(t["mjd_utc"], float)
+    mag = np.asarray(t["mag"], float)
+    err = np.asarray(t["mag_err"], float)
+    good = (np.asarray(t["flags"]) == 0) & np.isfinite(mag) & np.isfinite(err)
+    for m, g, e in zip(mjd[good].tolist(), mag[good].tolist(), err[good].tolist()):
+        writer.writerow([f"{m:.6f}", lc.filter, f"{g:.5f}", f"{e:.5f}"])
     return buf.getvalue()
 
 

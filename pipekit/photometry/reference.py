@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import re
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ..errors import ConfigError, FrameError, PipekitError
 from .alignment import centroid_shift, match_stars
 from .apertures import aperture_sums
 from .detection import background_map, bright_sources, detect_stars
+from .reading import read_ahead
 
 __all__ = ["settings_px", "frame_fwhm_px", "check_pixels", "star_list_hash",
            "frame_settings_hash", "field_depth", "select_reference_stars", "DEPTH_CANDIDATES"]
@@ -148,7 +150,7 @@ def _header_ranked(frames, rejected):
     return [f for *_, f in sorted(ranked, key=lambda r: r[:2])], pointing_only
 
 
-def select_reference_stars(frames, config, rejected, red_dir):
+def select_reference_stars(frames, config, rejected, red_dir, keep=None):
     """Choose the reference frame and detect the dataset's field stars on it.
 
     Parameters
@@ -159,6 +161,9 @@ def select_reference_stars(frames, config, rejected, red_dir):
         Frame name -> reason; unreadable frames are added.
     red_dir : Path
         The dataset folder (for messages).
+    keep : FrameCache, optional
+        Frames read here (and their background maps) are offered to it, so that the
+        measuring pass does not read them again.
 
     Returns
     -------
@@ -185,30 +190,8 @@ def select_reference_stars(frames, config, rejected, red_dir):
     else:
         order, pointing_only = _header_ranked(frames, rejected)
     target_off, cands = {}, []
-    for f in order:
-        try:
-            frame = read_frame(f)
-            info = frame.info
-            if frame.wcs is None or info.problems:
-                raise FrameError(f"{f}: " + ("; ".join(info.problems) or "no celestial WCS"))
-            check_pixels(frame.data, f)
-        except FrameError as exc:
-            rejected[f.name] = str(exc)
-            continue
-        tx, ty = frame.wcs.all_world2pix([config.target.ra], [config.target.dec], 0)
-        ny, nx = frame.data.shape
-        if not (0 <= tx[0] <= nx - 1 and 0 <= ty[0] <= ny - 1):
-            log.warning("%s: target off this frame; not used as the reference frame", f.name)
-            target_off[f.name] = (f"{f}: {_target_position(config)} falls outside this frame "
-                                  f"(at pixel x={tx[0]:.0f}, y={ty[0]:.0f} of {nx} x {ny})")
-            continue
-        s = settings_px(config, info.pixscale)
-        fwhm = frame_fwhm_px(frame.header, info.pixscale) or 2.0 / info.pixscale
-        depth, sources, _ = field_depth(frame.data, fwhm, s["radius"], info.gain, info.rdnoise,
-                                        info.saturate)
-        cands.append(_Candidate(f, info, frame.wcs, depth, sources, fwhm))
-        if len(cands) >= DEPTH_CANDIDATES:
-            break
+    with closing(read_ahead(order)) as reader:  # the next one read while this one is measured
+        _candidates(reader, config, rejected, target_off, cands, keep)
     if not cands:
         _raise_no_reference(frames, order, rejected, target_off, pointing_only, config, red_dir)
     best = max(cands, key=lambda c: c.depth)
@@ -216,10 +199,11 @@ def select_reference_stars(frames, config, rejected, red_dir):
            f"S/N > 10 (others {', '.join(str(c.depth) for c in cands if c is not best) or 'none'})")
     if wanted:
         why = "photometry.reference_frame"
-    frame = read_frame(best.path)
+    cached = keep.get(best.path) if keep is not None else None
+    frame = cached[0] if cached else read_frame(best.path)
     info, data = frame.info, frame.data
     s = settings_px(config, info.pixscale)
-    bkg = background_map(data)
+    bkg = cached[1] if cached and cached[1] is not None else background_map(data)
     tx, ty, how = _target_on_reference(frame, best, cands, config, s, bkg)
     found = detect_stars(data, best.fwhm, p.detection_sigma, max_stars=4 * p.max_field_stars,
                          saturate=info.saturate, border=s["annulus_out"],
@@ -247,6 +231,39 @@ def select_reference_stars(frames, config, rejected, red_dir):
                   "settings_hash": star_list_hash(config)}
     log.info("%s: %d field stars on %s (%s); target %s", red_dir, n, best.path.name, why, how)
     return stars
+
+
+def _candidates(reader, config, rejected, target_off, cands, keep):
+    """Measure the depth of frames from ``reader`` until `DEPTH_CANDIDATES` are found."""
+    for f, frame, _, error in reader:
+        try:
+            if error is not None:
+                raise error
+            if keep is not None:
+                keep.offer(f, frame)
+            info = frame.info
+            if frame.wcs is None or info.problems:
+                raise FrameError(f"{f}: " + ("; ".join(info.problems) or "no celestial WCS"))
+            check_pixels(frame.data, f)
+        except FrameError as exc:
+            rejected[f.name] = str(exc)
+            continue
+        tx, ty = frame.wcs.all_world2pix([config.target.ra], [config.target.dec], 0)
+        ny, nx = frame.data.shape
+        if not (0 <= tx[0] <= nx - 1 and 0 <= ty[0] <= ny - 1):
+            log.warning("%s: target off this frame; not used as the reference frame", f.name)
+            target_off[f.name] = (f"{f}: {_target_position(config)} falls outside this frame "
+                                  f"(at pixel x={tx[0]:.0f}, y={ty[0]:.0f} of {nx} x {ny})")
+            continue
+        s = settings_px(config, info.pixscale)
+        fwhm = frame_fwhm_px(frame.header, info.pixscale) or 2.0 / info.pixscale
+        depth, sources, bkg = field_depth(frame.data, fwhm, s["radius"], info.gain,
+                                          info.rdnoise, info.saturate)
+        if keep is not None:
+            keep.offer_background(f, bkg)
+        cands.append(_Candidate(f, info, frame.wcs, depth, sources, fwhm))
+        if len(cands) >= DEPTH_CANDIDATES:
+            break
 
 
 def _target_on_reference(frame, best, cands, config, s, bkg):

@@ -1,0 +1,202 @@
+"""Per-frame files, the photometry summary, batched BJD_TDB and the read-ahead: same
+results as the straightforward way, less work."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from pipekit.photometry import measure_dataset
+from pipekit.photometry.detection import _local_maxima, _smoothed
+from pipekit.photometry.reading import FrameCache, read_ahead
+from pipekit.photometry.store import SUMMARY_NAME, FrameSummary, ecsv_text
+from pipekit.photometry.times import bjd_tdb, bjd_tdb_many
+from pipekit.testing.simulate import simulate_dataset
+
+
+def _table():
+    rng = np.random.default_rng(4)
+    n = 30
+    t = Table({"id": np.arange(n), "x": rng.normal(100, 30, n), "flux": rng.lognormal(8, 1, n),
+               "n_sky": rng.integers(0, 500, n), "flags": np.zeros(n, np.int32),
+               "ok": rng.random(n) > 0.5})
+    t["flux"][3] = np.nan
+    t["flux"][4] = -np.inf
+    t["x"].unit = "pix"
+    t["x"].description = "column: x, 'quoted' # hash"
+    t.meta = {"frame": "a-e91.fits.fz", "date_obs": "2026-08-01T00:00:00.000", "exptime": 60.0,
+              "bjd_tdb": 2461253.512345678912, "wcserr": 0, "shift_px": [0.25, -1e-17],
+              "filter": None, "settings_hash": "0123456789abcdef", "sky_level": np.float32(3.5),
+              "nested": {"a": [1, 2], "b": "yes"}, "nan": float("nan")}
+    return t
+
+
+def test_fast_ecsv_reads_back_as_astropys_own_file_does():
+    t = _table()
+    ours = Table.read(io.StringIO(ecsv_text(t)).getvalue(), format="ascii.ecsv")
+    buf = io.StringIO()
+    t.write(buf, format="ascii.ecsv")
+    theirs = Table.read(buf.getvalue(), format="ascii.ecsv")
+    assert ours.colnames == theirs.colnames
+    for c in t.colnames:
+        assert ours[c].dtype == theirs[c].dtype, c
+        assert np.array_equal(np.asarray(ours[c]), np.asarray(theirs[c]), equal_nan=True), c
+        assert ours[c].unit == theirs[c].unit and ours[c].description == theirs[c].description
+    meta_ours, meta_theirs = dict(ours.meta), dict(theirs.meta)
+    assert np.isnan(meta_ours.pop("nan")) and np.isnan(meta_theirs.pop("nan"))
+    assert meta_ours == meta_theirs
+    assert meta_ours["bjd_tdb"] == t.meta["bjd_tdb"]  # bit for bit
+
+
+def test_fast_ecsv_string_columns_read_back():
+    t = Table({"frame": ["a", "b c"], "v": [1.0, 2.0]})
+    back = Table.read(ecsv_text(t), format="ascii.ecsv")
+    assert list(back["frame"]) == ["a", "b c"]
+
+
+def test_bjd_for_many_frames_in_one_call_equals_frame_by_frame():
+    from astropy import units as u
+    from astropy.coordinates import EarthLocation
+    from astropy.time import Time
+
+    sites = [(-70.8047889, -30.1673833, 2198.0), (20.8101, -32.3806, 1460.0)]
+    times = [Time("2026-08-01T03:17:42.125", scale="utc") + k * 0.0137 * u.day for k in range(7)]
+    which = [0, 1, 0, 0, 1, 1, 0]
+    many = bjd_tdb_many(times, 269.7596, -28.2094, [sites[w] for w in which])
+    for t, w, value in zip(times, which, many):
+        lon, lat, height = sites[w]
+        one = bjd_tdb(t, 269.7596, -28.2094, EarthLocation.from_geodetic(lon, lat, height)).jd
+        assert abs(value - one) * 86400 < 1e-6   # identical up to float rounding (< 1 µs)
+    mjd = bjd_tdb_many([t.mjd for t in times], 269.7596, -28.2094, [sites[0]] * 7)
+    assert np.all(np.abs(mjd - bjd_tdb_many(times, 269.7596, -28.2094, [sites[0]] * 7))
+                  * 86400 < 1e-5)
+
+
+def test_local_maxima_are_the_maximum_filter_peaks_and_smoothing_is_scipys():
+    from scipy.ndimage import gaussian_filter, maximum_filter
+
+    rng = np.random.default_rng(1)
+    img = rng.normal(0, 1, (97, 131)).astype(np.float32)
+    img[40:43, 50:53] += 30
+    img[0, 0] += 25          # peaks on the edge and in a corner
+    img[96, 60] += 25
+    for hb in (1, 2, 3):
+        iy, ix = np.nonzero((img == maximum_filter(img, size=2 * hb + 1)) & (img > 2.5))
+        jy, jx = _local_maxima(img, 2.5, hb)
+        assert np.array_equal(iy, jy) and np.array_equal(ix, jx)
+    for sigma in (0.5, 1.1, 2.4):
+        ref = gaussian_filter(img, sigma, truncate=3.0)
+        assert np.allclose(_smoothed(img, sigma), ref, rtol=0, atol=1e-5 * np.abs(img).max())
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    from pipekit.config import write_reduction_config
+
+    red = tmp_path / "T" / "sinistro" / "ip"
+    truth = simulate_dataset(red, n_frames=6, shape=(256, 256), n_stars=40, seed=5)
+    write_reduction_config(red / "reduction_config.yaml", truth.meta["target"],
+                           truth.meta["ra"], truth.meta["dec"])
+    return red, truth
+
+
+def test_read_ahead_gives_every_frame_in_order_cache_first_and_errors_per_frame(small_dataset):
+    red, truth = small_dataset
+    files = list(truth.files)
+    (red / "broken.fits").write_bytes(b"not fits")
+    paths = files[:2] + [red / "broken.fits"] + files[2:]
+    from pipekit.frames import read_frame
+
+    cache = FrameCache()
+    kept = read_frame(files[3])
+    assert cache.offer(files[3], kept)
+    got = list(read_ahead(paths, cache))
+    assert [g[0] for g in got] == paths
+    assert got[2][1] is None and "not a readable FITS file" in str(got[2][3])
+    assert got[4][1] is kept                      # from the cache, not read again
+    assert all(g[1] is not None for i, g in enumerate(got) if i != 2)
+    assert files[3] not in cache and cache.used == 0
+    assert not FrameCache(budget=10).offer(files[0], kept)  # over the budget: not kept
+
+
+def test_light_curve_rebuild_reads_only_new_per_frame_files(small_dataset, monkeypatch):
+    from pipekit.lightcurve import build_lightcurve
+    from pipekit.photometry import store
+
+    red, truth = small_dataset
+    result = measure_dataset(red)
+    assert len(result.measured) == 6
+    first = build_lightcurve(red)
+    assert (red / "photometry" / SUMMARY_NAME).exists()
+    # a new frame arrives: the rebuild parses that one file only
+    simulate_dataset(red, n_frames=1, shape=(256, 256), n_stars=40, seed=5,
+                     start="2026-08-01T12:00:00", first_frame_number=7, stars=truth.stars)
+    again = measure_dataset(red)
+    assert len(again.measured) == 1 and len(again.skipped) == 6
+    reads = []
+    original = store.read_frame_ecsv
+    monkeypatch.setattr(store, "read_frame_ecsv", lambda p: reads.append(p.name) or original(p))
+    second = build_lightcurve(red)
+    assert len(reads) == 1 and len(second) == len(first) + 1
+    # the same light curve as from the files themselves (summary deleted)
+    (red / "photometry" / SUMMARY_NAME).unlink()
+    reads.clear()
+    third = build_lightcurve(red)
+    assert len(reads) == 7
+    for col in ("time", "flux", "flux_err", "flags"):
+        assert np.array_equal(np.asarray(third.table[col]), np.asarray(second.table[col]))
+
+
+def test_per_frame_files_written_by_astropy_are_done_and_read(small_dataset):
+    """Files of an earlier pipekit (astropy's own ECSV writer) are neither re-measured
+    nor misread; a file replaced behind the summary's back is read again."""
+    from pipekit.lightcurve import build_lightcurve
+
+    red, _ = small_dataset
+    measure_dataset(red)
+    ref = build_lightcurve(red)
+    phot = red / "photometry"
+    (phot / SUMMARY_NAME).unlink()
+    for path in sorted(phot.glob("*-e91.ecsv")):
+        t = Table.read(path, format="ascii.ecsv")
+        t.write(path, format="ascii.ecsv", overwrite=True)
+    again = measure_dataset(red)
+    assert again.measured == [] and len(again.skipped) == 6
+    lc = build_lightcurve(red)
+    assert np.array_equal(np.asarray(lc.table["flux"]), np.asarray(ref.table["flux"]))
+    # one file edited (a new measurement of that frame): the summary notices
+    path = sorted(phot.glob("*-e91.ecsv"))[0]
+    t = Table.read(path, format="ascii.ecsv")
+    t["flux"] *= 2
+    t.write(path, format="ascii.ecsv", overwrite=True)
+    os.utime(path, ns=(1, 1))
+    entries = FrameSummary(phot).refresh([path])
+    assert np.array_equal(entries[0][2]["flux"], np.asarray(t["flux"]))
+
+
+def test_fast_ecsv_writes_plain_words_itself_and_quotes_through_astropy():
+    t = Table({"frame": ["lsc1m005-fa15-20260731-0001-e91", "b.fits"], "v": [1.0, 2.5]})
+    text = ecsv_text(t)
+    assert "b.fits 2.5" in text
+    back = Table.read(text, format="ascii.ecsv")
+    assert list(back["frame"]) == list(t["frame"]) and back["frame"].dtype.kind == "U"
+    odd = Table({"frame": ["a b", 'say "x"', "nan"], "v": [1.0, 2.0, 3.0]})
+    back = Table.read(ecsv_text(odd), format="ascii.ecsv")
+    assert list(back["frame"]) == ["a b", 'say "x"', "nan"]
+
+
+def test_read_ahead_leaves_the_warnings_filters_as_they_were(small_dataset):
+    import warnings
+    from contextlib import closing
+
+    _, truth = small_dataset
+    before = list(warnings.filters)
+    with closing(read_ahead(truth.files)) as reader:
+        got = [frame for _, frame, _, _ in reader]
+    assert warnings.filters == before
+    assert len(got) == len(truth.files) and all(f is not None for f in got)
+    with closing(read_ahead(truth.files)) as reader:   # closed half-way
+        next(reader)
+    assert warnings.filters == before
