@@ -392,7 +392,7 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
                      wcs_error_px=0.3, stars=None, first_frame_number=1,
                      header_offset_px=(0.0, 0.0), header_rotation_deg=0.0, pointing_only=(),
                      sky_gradient=0.0, cosmic_rays=0, target_hits=(), bad_columns=0,
-                     nan_pixels=0):
+                     nan_pixels=0, zeropoint=None, zeropoint_err=0.02, failed_zeropoints=()):
     """Write ``n_frames`` LCO-like frames of a microlensing event into ``folder``.
 
     Parameters
@@ -443,6 +443,13 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
         10 arcsec of the target.
     bad_columns, nan_pixels : int
         NaN columns (never within 40 px of the target) and random NaN pixels per frame.
+    zeropoint : float, optional
+        Write BANZAI's ``L1ZP``/``L1ZPERR``: a star's true magnitude is
+        ``zeropoint - 2.5 log10(flux / exptime)`` (``flux`` of `StarField`, ADU at
+        transparency 1), so frame ``i``'s zero point is ``zeropoint + 2.5 log10(transparency)``,
+        written with a Gaussian error of ``zeropoint_err`` (its ``L1ZPERR``). None: no keys.
+    failed_zeropoints : sequence of int
+        Frames whose calibration failed: ``L1ZP = L1ZPERR = -99``, as BANZAI writes.
 
     Returns
     -------
@@ -473,6 +480,9 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
     skies = rng.uniform(*sky_range, n_frames)
     transp = rng.uniform(*transparency_range, n_frames)
     files, xs, ys, fluxes, cr_near_target = [], [], [], [], []
+    # its own generator: frames simulated without zero points stay byte-identical
+    zp_noise = np.random.default_rng([seed, 14]).normal(0.0, zeropoint_err, n_frames)
+    l1zp = [None] * n_frames
     cosd = np.cos(np.radians(dec))
     for i in range(n_frames):
         jx, jy = rng.normal(0.0, jitter_arcsec, 2) / 3600.0
@@ -515,6 +525,11 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
         name = lco_filename(site, telescope, instrument, day_obs, number, compress=compress)
         hdr["ORIGNAME"] = name.replace("-e91", "-e00").replace(".fz", "")
         hdr["WCSERR"] = (4 if i in pointing_only else 0, "Error status of WCS fit. 0 for no error")
+        if zeropoint is not None:
+            ok = i not in failed_zeropoints
+            l1zp[i] = (zeropoint + 2.5 * np.log10(transp[i]) + zp_noise[i]) if ok else -99.0
+            hdr["L1ZP"] = (round(float(l1zp[i]), 5), "Instrumental zeropoint [mag]")
+            hdr["L1ZPERR"] = (zeropoint_err if ok else -99.0, "Error on Instrumental zeropoint")
         path = folder / name
         x, y, flux = simulate_frame(path, stars, mjd_start=mjd_start[i], wcs=true_wcs,
                                     header_wcs=header_wcs, shape=shape, exptime=exptime,
@@ -542,5 +557,6 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
               "filter": filter, "site": site, "shape": shape, "blend_flux": blend_flux,
               "wcserr": [4 if i in pointing_only else 0 for i in range(n_frames)],
               "target_hits": sorted(int(i) for i in target_hits),
+              "zeropoint": zeropoint, "l1zp": l1zp,
               "cr_near_target_px": cr_near_target},
     )
