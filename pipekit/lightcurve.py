@@ -355,15 +355,19 @@ def plot_lightcurve(lc, path):
 
 
 def write_lightcurve(lc, red_dir):
-    """Write the ECSV, the TOM CSV and the plot into ``red_dir``, each atomically.
+    """Write the ECSV, the TOM CSV, the plot and the quality figure into ``red_dir``, each
+    atomically.
 
     Returns
     -------
     dict
-        ``{"ecsv": Path, "csv": Path, "png": Path}``.
+        ``{"ecsv": Path, "csv": Path, "png": Path, "quality": Path}``.
     """
+    from .quality import QUALITY_PNG, plot_quality
+
     ecsv, csv_path, png = lightcurve_paths(red_dir, lc.target, lc.filter)
     write_ecsv(lc.table, ecsv)
     write_text_atomic(csv_path, tom_csv_text(lc))
     plot_lightcurve(lc, png)
-    return {"ecsv": ecsv, "csv": csv_path, "png": png}
+    quality = plot_quality(lc, Path(red_dir) / QUALITY_PNG)
+    return {"ecsv": ecsv, "csv": csv_path, "png": png, "quality": quality}
