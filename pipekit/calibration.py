@@ -181,59 +181,55 @@ def frame_facts(red_dir, names, paths=None, cache=None):
     return out
 
 
-def _aperture_correction(path, table, comparison, config):
+def _aperture_correction(path, table, config):
     """The fraction of a star's light inside the photometry aperture, on one frame.
 
-    Measured on the brightest unflagged comparison stars: their measured flux over the flux in a
-    large aperture (``max(2.5 r, annulus outer)``), sky from an annulus beyond it. Returns
-    ``(fraction, error, n_stars)`` or None.
+    Measured on the brightest unflagged field stars: their measured flux over the flux inside
+    the sky annulus's inner radius, with the same sky (so an error of the sky level mostly
+    cancels). The growth of the flux over the last quarter of that radius bounds the light
+    still outside it. Returns ``(fraction, error, n_stars, growth)`` or None.
     """
     from .frames import read_frame
-    from .photometry import aperture_sums, annulus_sky
+    from .photometry import aperture_sums
 
     meta = table.meta
     r = float(meta["radius_px"])
-    r_big = max(2.5 * r, float(meta["annulus_out_px"]))
+    r_big = float(meta["annulus_in_px"])
+    if r_big < 1.2 * r:
+        return None
     x, y = np.asarray(table["x"], float), np.asarray(table["y"], float)
     flux, err = np.asarray(table["flux"], float), np.asarray(table["flux_err"], float)
-    ok = comparison & (np.asarray(table["flags"]) == 0) & (flux > 50 * err)
+    sky = np.asarray(table["sky"], float)
+    # any star will do within one frame (a variable is constant during an exposure)
+    ok = (np.asarray(table["flags"]) == 0) & (flux > 20 * err) & np.isfinite(sky)
+    ok[0] = False  # the target
     data = read_frame(path).data
     ny, nx = data.shape
-    margin = 1.8 * r_big + 2
+    margin = r_big + 2
     ok &= (x > margin) & (x < nx - 1 - margin) & (y > margin) & (y < ny - 1 - margin)
     pick = np.flatnonzero(ok)
-    pick = pick[np.argsort(-flux[pick])][:30]
+    pick = pick[np.argsort(-flux[pick])][:20]
     if len(pick) < 3:
         return None
-    sky, _, n_sky = annulus_sky(data, x[pick], y[pick], 1.25 * r_big, 1.75 * r_big,
-                                config.photometry.sky_sigma_clip)
     big, a_big, _ = aperture_sums(data, x[pick], y[pick], r_big)
+    mid, a_mid, _ = aperture_sums(data, x[pick], y[pick], 0.75 * r_big)
     with np.errstate(invalid="ignore", divide="ignore"):
-        # the photometry's own aperture flux over the total: whatever its sky annulus
-        # takes from a star's wings is corrected too
-        frac = flux[pick] / (big - a_big * sky)
-    total = big - a_big * sky
-    ok = np.isfinite(frac) & (frac > 0.2) & (frac < 1.5) & (n_sky > 10) & (total > 0)
-    frac, inv = frac[ok], 1.0 / total[ok]
-    if len(frac) < 3:
+        total = big - a_big * sky[pick]
+        frac = flux[pick] / total
+        growth = total / (mid - a_mid * sky[pick])
+    good = np.isfinite(frac) & (frac > 0.2) & (frac < 1.5) & np.isfinite(growth)
+    if good.sum() < 3:
         return None
-    # a sky level off by d per pixel moves each star's fraction by ~ f d area / total: a
-    # straight line in 1 / total whose intercept is the fraction free of it (field stars in
-    # the wide sky annulus bias its level, more than the faint stars can bear)
+    frac, growth = frac[good], growth[good]
     med = float(np.median(frac))
     spread = 1.4826 * float(np.median(np.abs(frac - med)))
-    if len(frac) >= 6 and np.ptp(inv) > 0:
-        keep = np.abs(frac - med) < 5 * max(spread, 1e-3)
-        slope, med = np.polyfit(inv[keep], frac[keep], 1)
-        resid = frac[keep] - (med + slope * inv[keep])
-        spread = 1.4826 * float(np.median(np.abs(resid)))
-        med = float(med)
-    return med, max(spread, 1e-4) * 1.2533 / np.sqrt(len(frac)), int(len(frac))
+    return (med, max(spread, 1e-4) * 1.2533 / np.sqrt(len(frac)), int(len(frac)),
+            float(np.median(growth)))
 
 
 # ---- the three sources -----------------------------------------------------------------
 
-def _banzai(red_dir, config, tables, scale, scale_err, comparison, facts, paths):
+def _banzai(red_dir, config, tables, scale, scale_err, facts, paths):
     """Zero point from the frames' L1ZP, after the ensemble normalisation; or a reason."""
     n = len(tables)
     names = [t.meta["frame"] for t in tables]
@@ -252,12 +248,13 @@ def _banzai(red_dir, config, tables, scale, scale_err, comparison, facts, paths)
     # BANZAI's fluxes hold (nearly) all of a star's light, the aperture not: correct each
     # frame by its measured aperture fraction (a subset of frames, evenly spread)
     cache = _load_cache(red_dir)
-    key = f"apcor:{tables[0].meta.get('settings_hash')}"
+    key = f"apcor-v2:{tables[0].meta.get('settings_hash')}"
     candidates = np.flatnonzero(valid)
     if len(candidates) > MAX_APCOR_FRAMES:
         candidates = candidates[np.linspace(0, len(candidates) - 1, MAX_APCOR_FRAMES).astype(int)]
     apcor = np.full(n, np.nan)
     apcor_err = np.full(n, np.nan)
+    growth = np.full(n, np.nan)
     changed = False
     for i in candidates:
         name = names[i]
@@ -268,16 +265,16 @@ def _banzai(red_dir, config, tables, scale, scale_err, comparison, facts, paths)
         stamp = _stamp(path)
         if entry.get(key) is None or entry.get(key + ":stamp") != stamp:
             try:
-                result = _aperture_correction(path, tables[i], comparison, config)
+                result = _aperture_correction(path, tables[i], config)
             except (FrameError, OSError) as exc:
                 log.warning("%s: aperture correction not measured: %s", path, exc)
                 result = None
-            entry[key] = list(result) if result else [None, None, 0]
+            entry[key] = list(result) if result else [None, None, 0, None]
             entry[key + ":stamp"] = stamp
             changed = True
-        frac, ferr, _ = entry[key]
+        frac, ferr, _, grow = entry[key]
         if frac is not None:
-            apcor[i], apcor_err[i] = frac, ferr
+            apcor[i], apcor_err[i], growth[i] = frac, ferr, grow
     if changed:
         _save_cache(red_dir, cache)
     corrected = np.isfinite(apcor)
@@ -287,13 +284,19 @@ def _banzai(red_dir, config, tables, scale, scale_err, comparison, facts, paths)
     values = per_frame + 2.5 * np.log10(np.where(corrected, apcor, np.nan))
     errors = np.hypot(frame_err, _MAG * apcor_err / apcor)
     zp, zp_err, used, scatter = robust_mean(values, errors)
+    # light beyond the correction radius: about what the last quarter of it added (a
+    # Moffat star's wing); common to all frames, so it does not average down
+    systematic = float(np.median(2.5 * np.log10(growth[corrected])))
+    zp_err = float(np.hypot(zp_err, systematic))
     details.update({
         "n_used": int(used.sum()), "n_clipped": int((corrected & ~used).sum()),
-        "scatter_mag": round(scatter, 5),
+        "scatter_mag": round(scatter, 5), "aperture_correction_systematic_mag":
+        round(systematic, 5),
         "aperture_correction_mag": round(float(np.median(-2.5 * np.log10(apcor[corrected]))), 5),
         "aperture_correction_frames": int(corrected.sum()),
         "method": "weighted mean over frames of L1ZP - 2.5 log10(ensemble scale / EXPTIME) "
-                  "+ 2.5 log10(aperture fraction), 3-sigma clipped; colour term not applied",
+                  "+ 2.5 log10(aperture fraction), 3-sigma clipped; zp_err includes the "
+                  "light beyond the aperture correction's radius; colour term not applied",
     })
     return (zp, zp_err), l1zp, l1zperr, None, details
 
@@ -390,7 +393,7 @@ def calibrate(red_dir, config, tables, ensemble, frames_idx, stars):
     l1zp, l1zperr = nan, nan
     if config.calibration.use_banzai_zeropoints:
         found, l1zp, l1zperr, why, details = _banzai(red_dir, config, tables, scale, scale_err,
-                                                     ensemble.comparison, facts, paths)
+                                                     facts, paths)
         if found:
             result = ("banzai", found, details)
         else:

@@ -107,45 +107,45 @@ def combine_curves(curves):
 def plot_combined(target, curves, path):
     """Plot every dataset of ``target`` in its own colour; writes a PNG atomically.
 
-    Calibrated datasets are filled circles; instrumental ones hollow, with
-    "(instrumental)" in the legend: their magnitudes sit on an arbitrary scale.
+    Calibrated datasets share the top panel; instrumental ones (an arbitrary zero point each)
+    get a panel of their own below, labelled so, when there are any.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 4.5), dpi=90)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
                "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
-    times = [np.asarray(c.table["time"], float) for c in curves if c.table is not None
-             and len(c.table)]
+    shown = [(c, colours[k % len(colours)]) for k, c in enumerate(curves)
+             if c.table is not None and len(c.table)]
+    groups = [g for g in ([x for x in shown if x[0].calibrated],
+                          [x for x in shown if not x[0].calibrated]) if g] or [[]]
+    fig = Figure(figsize=(8, 4.5 if len(groups) == 1 else 7), dpi=90)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(groups), 1, sharex=True, squeeze=False)[:, 0]
+    times = [np.asarray(c.table["time"], float) for c, _ in shown]
     offset = np.floor(min(float(np.nanmin(t)) for t in times)) if times else 0.0
-    for k, c in enumerate(curves):
-        if c.table is None or len(c.table) == 0:
-            continue
-        t = c.table
-        good = (np.asarray(t["flags"]) == 0) & np.isfinite(np.asarray(t["mag"], float))
-        colour = colours[k % len(colours)]
-        label = c.label
-        if c.calibrated:
+    for ax, group in zip(axes, groups):
+        for c, colour in group:
+            t = c.table
+            good = (np.asarray(t["flags"]) == 0) & np.isfinite(np.asarray(t["mag"], float))
+            label = c.label
             zp_err = c.calibration.get("zp_err")
-            label += f" (zp ± {zp_err:.3f})" if zp_err is not None else ""
-        else:
-            label += " (instrumental)"
-        ax.errorbar(np.asarray(t["time"], float)[good] - offset,
-                    np.asarray(t["mag"], float)[good], yerr=np.asarray(t["mag_err"], float)[good],
-                    fmt="o", ms=3, color=colour, mfc=colour if c.calibrated else "none",
-                    elinewidth=0.7, label=f"{label}: {int(good.sum())}")
-    ax.invert_yaxis()
-    ax.set_xlabel(f"BJD_TDB - {offset:.0f}")
-    systems = {c.calibrated for c in curves if c.table is not None}
-    ax.set_ylabel("magnitude" if systems == {True} else
-                  "magnitude (instrumental where marked)")
-    ax.set_title(f"{target}: {sum(len(c.table) for c in curves if c.table is not None)} "
-                 f"points from {len(times)} datasets", fontsize="medium")
-    if times:
-        ax.legend(loc="best", fontsize="small")
+            if c.calibrated and zp_err is not None:
+                label += f" (zero point ± {zp_err:.3f})"
+            ax.errorbar(np.asarray(t["time"], float)[good] - offset,
+                        np.asarray(t["mag"], float)[good],
+                        yerr=np.asarray(t["mag_err"], float)[good], fmt="o", ms=3,
+                        color=colour, mfc=colour if c.calibrated else "none", elinewidth=0.7,
+                        label=f"{label}: {int(good.sum())}")
+        calibrated = bool(group) and group[0][0].calibrated
+        ax.invert_yaxis()
+        ax.set_ylabel("calibrated magnitude" if calibrated or not group
+                      else "instrumental magnitude\n(arbitrary zero point)")
+        if group:
+            ax.legend(loc="best", fontsize="small")
+    axes[-1].set_xlabel(f"BJD_TDB - {offset:.0f}")
+    axes[0].set_title(f"{target}: {sum(len(c.table) for c, _ in shown)} points from "
+                      f"{len(shown)} datasets", fontsize="medium")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

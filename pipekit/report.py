@@ -20,7 +20,7 @@ from .atomic import write_text_atomic
 from .combined import read_dataset_curve, write_combined
 from .lco import distinct_slug, slug
 
-__all__ = ["write_report", "DatasetRow", "REPORT_HTML", "REPORT_DIR"]
+__all__ = ["write_report", "refresh_report", "DatasetRow", "REPORT_HTML", "REPORT_DIR"]
 
 log = logging.getLogger("pipekit.report")
 
@@ -226,3 +226,20 @@ def write_report(reduction_dir, title=None):
     path = write_text_atomic(root / REPORT_HTML, page)
     log.info("%s: report of %d datasets, %d targets", path, len(rows), len(by_target))
     return path
+
+
+def refresh_report(reduction_dir):
+    """`write_report`, for the end of a run: a failure is a WARNING naming its cause.
+
+    The report is a by-product of a reduction run: nothing about it may sink the run.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The page, or None when it could not be written.
+    """
+    try:
+        return write_report(reduction_dir)
+    except Exception as exc:  # any cause, named in the warning; the run's outcome stands
+        log.warning("report of %s not written: %s: %s", reduction_dir, type(exc).__name__, exc)
+        return None
