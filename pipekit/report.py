@@ -9,6 +9,7 @@ absolute path appears, and every name is escaped (target names come from the arc
 import html
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +45,17 @@ class DatasetRow:
 
 def _esc(value):
     return html.escape(str(value), quote=True)
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\:'\"<>]+[/\\])+")
+
+
+def _public(text, root):
+    """``text`` without absolute paths: the reduction folder's become relative, others go."""
+    text = str(text)
+    for prefix in {str(Path(root).resolve()), str(Path(root).absolute()), str(root)}:
+        text = text.replace(prefix + os.sep, "").replace(prefix, ".")
+    return _ABSOLUTE.sub("", text)
 
 
 def _href(path, root):
@@ -126,7 +138,7 @@ def _dataset_table(rows, root):
         rel = os.path.relpath(c.red_dir, root).replace(os.sep, "/")
         rejected = ""
         if row.rejected:
-            items = "".join(f"<li><code>{_esc(k)}</code>: {_esc(v)}</li>"
+            items = "".join(f"<li><code>{_esc(k)}</code>: {_esc(_public(v, root))}</li>"
                             for k, v in sorted(row.rejected.items()))
             rejected = (f"<details><summary>{len(row.rejected)}</summary><ul>{items}</ul>"
                         "</details>")
@@ -140,7 +152,7 @@ def _dataset_table(rows, root):
         cells = (_esc(rel), _esc(c.target), f"<span class='{_esc(row.status)}'>"
                  f"{_esc(row.status)}</span>", _esc(_last_time(c.table)),
                  _esc(len(c.table) if c.table is not None else 0), _esc(_calibration_text(c)),
-                 rejected, _esc(row.last_error), links + "<br>" + thumbs)
+                 rejected, _esc(_public(row.last_error, root)), links + "<br>" + thumbs)
         out.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
