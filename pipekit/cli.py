@@ -1,4 +1,4 @@
-"""The ``pipekit`` command: set up, download, reduce, manage, inspect, resume, demo.
+"""The ``pipekit`` command: set up, download, reduce, manage, report, inspect, resume, demo.
 
 Exit codes: 0 success, 1 a pipeline failed (or a dataset was locked, or a file
 could not be written), 2 a usage or configuration error, 130 stopped by SIGINT

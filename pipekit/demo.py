@@ -134,7 +134,8 @@ def run_demo(folder="pipekit-demo", n_frames=40, seed=2026, out=print):
     -------
     dict
         ``ok``, ``light_curves`` (paths), ``plots``, ``comparison`` per dataset,
-        ``summary`` (the Manager's), ``seconds``.
+        ``summary`` (the Manager's), ``report`` (the report page, None when not written),
+        ``seconds``.
     """
     from .testing.archive_server import ArchiveServer
     from .manager import Manager
