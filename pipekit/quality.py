@@ -1,4 +1,4 @@
-"""The quality figure of a dataset (``quality.png``): what an observer checks before trusting a night.
+"""The quality figure of a dataset (``quality.png``): what to check before trusting a night.
 
 Per frame against time: seeing (FWHM), sky level, zero point (or relative transparency), the
 alignment residual and the comparison stars used, with flagged points and rejected frames
@@ -7,12 +7,15 @@ marked and the reasons for rejection listed under the panels.
 
 import io
 import logging
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 
 from .atomic import write_bytes_atomic
 
-__all__ = ["plot_quality", "QUALITY_PNG"]
+__all__ = ["plot_quality", "without_paths", "QUALITY_PNG"]
 
 log = logging.getLogger("pipekit.quality")
 
@@ -31,12 +34,31 @@ _PANELS = (
 _MAX_REASONS = 8
 
 
-def _short(text, width=110):
+_ABSOLUTE = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\:'\"<>]+[/\\])+")
+
+
+def without_paths(text, root):
+    """``text`` without absolute paths: those inside ``root`` become relative, others go
+    (down to the file name), so a message can be shown or published.
+
+    Examples
+    --------
+    >>> without_paths("/data/red/T/ip/x.fits: no WCS; see /home/u/y.yaml", "/data/red")
+    'T/ip/x.fits: no WCS; see y.yaml'
+    """
+    text = str(text)
+    for prefix in sorted({str(Path(root).resolve()), str(Path(root).absolute()), str(root)},
+                         key=len, reverse=True):
+        text = text.replace(prefix + os.sep, "").replace(prefix, ".")
+    return _ABSOLUTE.sub("", text)
+
+
+def _short(text, width=135):
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def plot_quality(lc, path):
+def plot_quality(lc, path, red_dir=None):
     """Write the quality figure of light curve ``lc`` to ``path`` (PNG, atomically).
 
     Parameters
@@ -47,6 +69,9 @@ def plot_quality(lc, path):
         its metadata the rejected frames (``rejected_frames``) and their mid-exposure MJD
         (``rejected_frame_mjd``).
     path : str or Path
+    red_dir : str or Path, optional
+        The dataset folder: paths inside it are shown relative in the reasons (default: the
+        folder of ``path``).
 
     Returns
     -------
@@ -56,6 +81,7 @@ def plot_quality(lc, path):
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    red_dir = Path(path).parent if red_dir is None else Path(red_dir)
     t = lc.table
     meta = t.meta
     mjd = np.asarray(t["mjd_utc"], float)
@@ -67,13 +93,13 @@ def plot_quality(lc, path):
     offset = np.floor(np.nanmin(times)) if times.size and np.isfinite(times).any() else 0.0
     cal = meta.get("calibration") or {}
     calibrated = cal.get("source", "instrumental") != "instrumental"
-    n_text = min(len(rejected), _MAX_REASONS) + (1 if len(rejected) > _MAX_REASONS else 0)
+    n_text = min(len(rejected), _MAX_REASONS) + (len(rejected) > _MAX_REASONS) + bool(rejected)
     height = 8.2 + 0.14 * n_text
     fig = Figure(figsize=(8, height), dpi=90)
     FigureCanvasAgg(fig)
-    bottom = (0.55 + 0.14 * n_text) / height
+    bottom = (0.6 + 0.14 * n_text) / height
     axes = fig.subplots(len(_PANELS), 1, sharex=True,
-                        gridspec_kw={"hspace": 0.08, "bottom": bottom + 0.035, "top": 0.96,
+                        gridspec_kw={"hspace": 0.08, "bottom": bottom + 0.05, "top": 0.96,
                                      "left": 0.13, "right": 0.97})
     for ax, (col, label) in zip(axes, _PANELS):
         if col == "frame_zp":
@@ -98,7 +124,7 @@ def plot_quality(lc, path):
                             label="BANZAI L1ZP")
         for k, when in enumerate(rej_mjd.values()):
             ax.axvline(when - offset, color="tab:red", lw=0.8, ls="--",
-                       label="rejected frame" if k == 0 else None)
+                       label="rejected frame" if k == 0 and ax is axes[0] else None)
         ax.tick_params(labelsize="small")
         if col == "n_comparison":
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -114,12 +140,13 @@ def plot_quality(lc, path):
     for name, reason in list(sorted(rejected.items()))[:_MAX_REASONS]:
         when = rej_mjd.get(name)
         at = f"MJD {when:.4f}" if when is not None else "time unknown"
-        lines.append(_short(f"rejected {name} ({at}): {reason}"))
+        reason = without_paths(reason, red_dir).replace(f"{name}: ", "")
+        lines.append(_short(f"{name} ({at}): {reason}"))
     if len(rejected) > _MAX_REASONS:
         lines.append(f"... and {len(rejected) - _MAX_REASONS} more (see the ECSV's "
                      "rejected_frames)")
     if lines:
-        fig.text(0.02, bottom - 0.01, "\n".join(lines), fontsize=6.5, va="top", family="monospace",
+        fig.text(0.02, bottom - 0.01, "rejected frames:\n" + "\n".join(lines), fontsize=6.5, va="top", family="monospace",
                  color="tab:red")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -9,7 +9,6 @@ absolute path appears, and every name is escaped (target names come from the arc
 import html
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from .atomic import write_text_atomic
 from .combined import read_dataset_curve, write_combined
 from .lco import distinct_slug, slug
+from .quality import without_paths as _public
 
 __all__ = ["write_report", "refresh_report", "DatasetRow", "REPORT_HTML", "REPORT_DIR"]
 
@@ -45,17 +45,6 @@ class DatasetRow:
 
 def _esc(value):
     return html.escape(str(value), quote=True)
-
-
-_ABSOLUTE = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\:'\"<>]+[/\\])+")
-
-
-def _public(text, root):
-    """``text`` without absolute paths: the reduction folder's become relative, others go."""
-    text = str(text)
-    for prefix in {str(Path(root).resolve()), str(Path(root).absolute()), str(root)}:
-        text = text.replace(prefix + os.sep, "").replace(prefix, ".")
-    return _ABSOLUTE.sub("", text)
 
 
 def _href(path, root):
