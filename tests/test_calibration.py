@@ -112,15 +112,11 @@ def test_a_catalogue_file_calibrates_a_dataset_without_l1zp(no_l1zp, tmp_path):
     catalogue = tmp_path / "refcat.csv"
     Table({"RAJ2000": stars.ra[1:], "DEJ2000": stars.dec[1:], "imag": mags,
            "e_imag": np.full(len(mags), 0.02)}).write(catalogue, format="ascii.csv")
-    config_path = red / "reduction_config.yaml"
-    original = config_path.read_text()
-    try:
-        config_path.write_text(original + f"calibration:\n  catalogue: '{catalogue}'\n"
-                               "  ra_column: RAJ2000\n  dec_column: DEJ2000\n"
-                               "  mag_column: imag\n  mag_err_column: e_imag\n")
-        lc = build_lightcurve(red, load_reduction_config(config_path))
-    finally:
-        config_path.write_text(original)
+    config = load_reduction_config(red / "reduction_config.yaml")
+    config.calibration = dataclasses.replace(
+        config.calibration, catalogue=catalogue, ra_column="RAJ2000", dec_column="DEJ2000",
+        mag_column="imag", mag_err_column="e_imag")
+    lc = build_lightcurve(red, config)
     cal = lc.table.meta["calibration"]
     assert cal["source"] == "catalogue" and cal["catalogue"] == "refcat.csv"
     assert cal["n_matched"] >= 5
@@ -202,3 +198,16 @@ def test_calibration_keys_are_validated(tmp_path):
     config = load_reduction_config(path)
     assert config.calibration.catalogue == tmp_path / "refs.fits"
     assert config.calibration.use_banzai_zeropoints is False
+
+
+def test_frames_whose_banzai_calibration_failed_leave_magnitudes_instrumental(tmp_path):
+    red = tmp_path / "T" / "sinistro" / "ip"
+    truth = simulate_dataset(red, n_frames=8, shape=(256, 256), n_stars=50, seed=14,
+                             zeropoint=ZP_1M, failed_zeropoints=range(8))
+    lc = _reduce(red, truth)
+    table = Table.read(lc["ecsv"], format="ascii.ecsv")
+    assert table.meta["mag_system"] == "instrumental"
+    assert "0 of 8 frames have a valid L1ZP" in table.meta["calibration"]["not_used"]["banzai"]
+    assert np.isnan(table["l1zp"]).all()
+    with open(lc["csv"], newline="") as fh:
+        assert {r["magnitude_system"] for r in csv.DictReader(fh)} == {"instrumental"}
