@@ -15,6 +15,7 @@ import numpy as np
 
 from .atomic import write_text_atomic
 from .errors import ConfigError, FrameError
+from .photometry import frame_photometry_path
 
 __all__ = ["Calibration", "calibrate", "robust_mean", "frame_facts", "INSTRUMENTAL_ZEROPOINT",
            "FRAME_CACHE"]
@@ -181,7 +182,7 @@ def frame_facts(red_dir, names, paths=None, cache=None):
     return out
 
 
-def _aperture_correction(path, table, config):
+def _aperture_correction(path, phot_path, config):
     """The fraction of a star's light inside the photometry aperture, on one frame.
 
     Measured on the brightest unflagged field stars: their measured flux over the flux inside
@@ -189,9 +190,13 @@ def _aperture_correction(path, table, config):
     cancels). The growth of the flux over the last quarter of that radius bounds the light
     still outside it. Returns ``(fraction, error, n_stars, growth)`` or None.
     """
+    from astropy.table import Table
+
     from .frames import read_frame
     from .photometry import aperture_sums
 
+    # the frame's own photometry file: positions and sky of every star
+    table = Table.read(phot_path, format="ascii.ecsv")
     meta = table.meta
     r = float(meta["radius_px"])
     r_big = float(meta["annulus_in_px"])
@@ -265,8 +270,9 @@ def _banzai(red_dir, config, tables, scale, scale_err, facts, paths):
         stamp = _stamp(path)
         if entry.get(key) is None or entry.get(key + ":stamp") != stamp:
             try:
-                result = _aperture_correction(path, tables[i], config)
-            except (FrameError, OSError) as exc:
+                result = _aperture_correction(path, frame_photometry_path(red_dir, name),
+                                              config)
+            except (FrameError, OSError, KeyError, ValueError) as exc:
                 log.warning("%s: aperture correction not measured: %s", path, exc)
                 result = None
             entry[key] = list(result) if result else [None, None, 0, None]

@@ -314,10 +314,12 @@ def tom_csv_text(lc):
     writer.writerow(["time", "filter", "magnitude", "error", "magnitude_system"])
     system = magnitude_system(lc)
     t = lc.table
-    for row in t:
-        if row["flags"] == 0 and np.isfinite(row["mag"]) and np.isfinite(row["mag_err"]):
-            writer.writerow([f"{row['mjd_utc']:.6f}", lc.filter, f"{row['mag']:.5f}",
-                             f"{row['mag_err']:.5f}", system])
+    mjd = np.asarray(t["mjd_utc"], float)
+    mag = np.asarray(t["mag"], float)
+    err = np.asarray(t["mag_err"], float)
+    good = (np.asarray(t["flags"]) == 0) & np.isfinite(mag) & np.isfinite(err)
+    for m, g, e in zip(mjd[good].tolist(), mag[good].tolist(), err[good].tolist()):
+        writer.writerow([f"{m:.6f}", lc.filter, f"{g:.5f}", f"{e:.5f}", system])
     return buf.getvalue()
 
 
