@@ -24,8 +24,9 @@ log = logging.getLogger("pipekit.calibration")
 
 #: Instrumental magnitudes are ``INSTRUMENTAL_ZEROPOINT - 2.5 log10(normalised flux)``.
 INSTRUMENTAL_ZEROPOINT = 25.0
-#: Per-frame header facts and aperture corrections, inside ``<red_dir>/photometry/``.
-FRAME_CACHE = "frame_calibration.json"
+#: Per-frame header facts and aperture corrections, inside the dataset folder (its own
+#: folder: ``photometry/`` holds what the photometry step writes, and only that).
+FRAME_CACHE = "calibration/frames.json"
 #: At most this many frames are read again to measure their aperture correction.
 MAX_APCOR_FRAMES = 25
 _MAG = 2.5 / np.log(10.0)
@@ -123,7 +124,7 @@ def _frame_paths(red_dir):
 
 
 def _load_cache(red_dir):
-    path = Path(red_dir) / "photometry" / FRAME_CACHE
+    path = Path(red_dir) / FRAME_CACHE
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -131,15 +132,15 @@ def _load_cache(red_dir):
 
 
 def _save_cache(red_dir, cache):
-    folder = Path(red_dir) / "photometry"
-    if folder.is_dir():
-        write_text_atomic(folder / FRAME_CACHE, json.dumps(cache, indent=1, sort_keys=True))
+    path = Path(red_dir) / FRAME_CACHE
+    path.parent.mkdir(exist_ok=True)
+    write_text_atomic(path, json.dumps(cache, indent=1, sort_keys=True))
 
 
 def frame_facts(red_dir, names, paths=None, cache=None):
     """``L1ZP``, ``L1ZPERR`` and mid-exposure MJD (UTC) of frames, from their headers.
 
-    Read once per frame file and kept in ``<red_dir>/photometry/frame_calibration.json``
+    Read once per frame file and kept in ``<red_dir>/calibration/frames.json``
     (a frame replaced by another file is read again).
 
     Parameters

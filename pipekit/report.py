@@ -27,8 +27,10 @@ log = logging.getLogger("pipekit.report")
 
 #: The page, at the top of the reduction folder.
 REPORT_HTML = "index.html"
-#: The page's own files (combined plots and tables), inside the reduction folder.
-REPORT_DIR = "report"
+#: The page's own files (combined plots and tables), inside the reduction folder. A leading
+#: underscore: no target's folder can be called so (`pipekit.lco.slug`), and dataset
+#: searches pass it by.
+REPORT_DIR = "_report"
 _ROWS_SHOWN = 60
 
 
@@ -175,8 +177,8 @@ def write_report(reduction_dir, title=None):
     ----------
     reduction_dir : str or Path
         The reduction folder (``data_reduction_dir``): every dataset under it gets a row,
-        every target a section with a combined plot (``report/<target>.png``) and table
-        (``report/<target>.ecsv`` and ``.csv``).
+        every target a section with a combined plot (``_report/<target>.png``) and table
+        (``_report/<target>.ecsv`` and ``.csv``).
     title : str, optional
         The page's title (default: the folder's name; never its full path).
 

@@ -14,7 +14,7 @@ from astropy.table import Table
 from pipekit.cli import main
 from pipekit.config import write_reduction_config
 from pipekit.lco import slug
-from pipekit.report import REPORT_HTML, refresh_report, write_report
+from pipekit.report import REPORT_DIR, REPORT_HTML, refresh_report, write_report
 from pipekit.testing.simulate import simulate_dataset
 from pipekit.workflows import reduction_pipeline
 
@@ -90,7 +90,7 @@ def test_no_absolute_path_leaks_into_the_page_or_the_combined_table(reduction):
     root, page, _ = reduction
     text = page.read_text()
     assert str(root) not in text and str(root.parent) not in text
-    for f in (root / "report").iterdir():
+    for f in (root / REPORT_DIR).iterdir():
         if f.suffix in (".ecsv", ".csv"):
             assert str(root) not in f.read_text()
 
@@ -125,7 +125,7 @@ def test_each_dataset_has_its_quality_figure_beside_its_light_curve(reduction):
 
 def test_the_combined_table_holds_both_instruments_with_their_magnitude_systems(reduction):
     root, _, truths = reduction
-    ecsv = list((root / "report").glob("*.ecsv"))
+    ecsv = list((root / REPORT_DIR).glob("*.ecsv"))
     combined = [Table.read(p, format="ascii.ecsv") for p in ecsv]
     table = next(t for t in combined if t.meta["target"] == NASTY)
     assert set(table["dataset"]) == {"sinistro ip", "qhy ip"}
@@ -134,7 +134,7 @@ def test_the_combined_table_holds_both_instruments_with_their_magnitude_systems(
     assert np.all(np.diff(table["time"]) >= 0)
     assert np.all(np.isnan(table["zp_err"][table["dataset"] == "qhy ip"]))
     assert np.all(table["zp_err"][table["dataset"] == "sinistro ip"] > 0)
-    png = (root / "report" / f"{slug(NASTY)}.png").read_bytes()
+    png = (root / REPORT_DIR / f"{slug(NASTY)}.png").read_bytes()
     assert png[:8] == PNG_MAGIC
 
 
@@ -212,3 +212,17 @@ def test_the_page_renders_in_a_headless_browser(reduction, chromium, tmp_path):
     dom = _headless(chromium, "--dump-dom", page.resolve().as_uri(), cwd=tmp_path).stdout
     assert "&lt;b&gt;T&amp;1&lt;/b&gt;" in dom      # the name as text ...
     assert "<b>T&amp;1</b>" not in dom               # ... never as markup
+
+
+def test_the_reports_own_folder_is_no_dataset_and_no_target_folder(reduction):
+    from pipekit.datasets import list_datasets
+    root, _, _ = reduction
+    assert REPORT_DIR.startswith("_") and slug(REPORT_DIR) != REPORT_DIR
+    assert not any(REPORT_DIR in d.parts for d in list_datasets(root))
+
+
+def test_calibration_cache_lives_outside_the_photometry_folder(reduction):
+    root, _, _ = reduction
+    red = root / slug(NASTY) / "sinistro" / "ip"
+    assert (red / "calibration" / "frames.json").is_file()
+    assert [p.name for p in (red / "photometry").glob("*.json")] == ["rejected_frames.json"]
