@@ -1,4 +1,4 @@
-"""The ``pipekit`` command: set up, download, reduce, manage, inspect, resume, demo.
+"""The ``pipekit`` command: set up, download, reduce, manage, report, inspect, resume, demo.
 
 Exit codes: 0 success, 1 a pipeline failed (or a dataset was locked, or a file
 could not be written), 2 a usage or configuration error, 130 stopped by SIGINT
@@ -124,7 +124,31 @@ def cmd_manage(args):
         if client is not None:
             client.close()
     _say(repr(summary))
+    _refresh_report(args.config)
     return 0 if summary.ok else 1  # a dataset skipped because it is locked is no failure
+
+
+def _refresh_report(manager_config):
+    """Rewrite the reduction folder's report page; a failure only warns (see refresh_report)."""
+    from .config import load_manager_config
+    from .report import refresh_report
+    try:
+        folder = load_manager_config(manager_config).data_reduction_dir
+    except PipekitError as exc:
+        logging.getLogger("pipekit.report").warning("report not written: %s", exc)
+        return
+    path = refresh_report(folder)
+    if path is not None:
+        _say(f"report: {path}")
+
+
+def cmd_report(args):
+    from .report import write_report
+    folder = Path(args.reduction_dir)
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such folder (expected a reduction folder)")
+    _say(f"report: {write_report(folder)}")
+    return 0
 
 
 def _checkpoint_of(path):
@@ -198,6 +222,10 @@ def build_parser():
     p.add_argument("--max-parallel", type=int, metavar="N", help="override max_parallel")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_manage)
+
+    p = sub.add_parser("report", help="write REDUCTION_DIR/index.html: datasets, targets, plots")
+    p.add_argument("reduction_dir", metavar="REDUCTION_DIR", help="the reduction folder")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("status", help="show the step table of a checkpoint or dataset")
     p.add_argument("path", metavar="PATH", help="a pipeline.p, a log folder or a dataset")

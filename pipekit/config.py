@@ -22,6 +22,7 @@ from .secrets import register_envvar
 
 __all__ = [
     "ArchiveConfig", "DownloadConfig", "TargetConfig", "PhotometryConfig", "TomSettings",
+    "CalibrationConfig",
     "ReductionConfig", "DatasetSelection", "ManagerConfig", "TOMConfig",
     "load_download_config", "load_reduction_config", "load_manager_config", "load_tom_config",
     "write_reduction_config", "template_path", "TEMPLATES", "is_unset", "DATETIME_FORMAT",
@@ -216,12 +217,49 @@ class TomSettings:
 
 
 @dataclass
+class CalibrationConfig:
+    """``calibration`` of ``reduction_config.yaml``: where calibrated magnitudes come from.
+
+    In order (`pipekit.calibration`): the frames' BANZAI zero points (``L1ZP``) when
+    ``use_banzai_zeropoints``, else the reference ``catalogue`` when one is named, else
+    instrumental magnitudes, labelled as such.
+
+    Attributes
+    ----------
+    use_banzai_zeropoints : bool
+        Use the frames' ``L1ZP``/``L1ZPERR`` headers where valid.
+    catalogue : Path or None
+        A local table (any format astropy reads: CSV, ECSV, FITS) of reference stars with
+        RA, Dec (degrees) and magnitudes in the dataset's filter.
+    ra_column, dec_column, mag_column : str
+        The catalogue's columns.
+    mag_err_column : str or None
+        Its magnitude errors (optional).
+    match_arcsec : float
+        A field star matches a catalogue star within this distance.
+    min_stars : int
+        Fewer matched stars (or frames with a valid ``L1ZP``) than this: that source is
+        not used.
+    """
+
+    use_banzai_zeropoints: bool = True
+    catalogue: Path | None = None
+    ra_column: str = "ra"
+    dec_column: str = "dec"
+    mag_column: str = "mag"
+    mag_err_column: str | None = None
+    match_arcsec: float = field(default=1.0, metadata=yaml_key(minimum=0.01))
+    min_stars: int = field(default=3, metadata=yaml_key(minimum=1))
+
+
+@dataclass
 class ReductionConfig:
     """One dataset's ``reduction_config.yaml``."""
 
     target: TargetConfig
     photometry: PhotometryConfig = field(default_factory=PhotometryConfig)
     tom: TomSettings = field(default_factory=TomSettings)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     source: Path | None = field(default=None, metadata=NOT_IN_FILE)
 
 

@@ -20,6 +20,13 @@ from .atomic import write_text_atomic
 
 __all__ = ["run_demo", "DEMO_DATASETS"]
 
+#: BANZAI-style zero points (L1ZP, magnitude of 1 ADU/s) written into the simulated frames,
+#: by instrument and filter. The 0.4 m camera needs twice the exposure for the same counts,
+#: so its zero point is 2.5 log10(2) = 0.75 mag smaller: calibrated, both agree.
+DEMO_ZEROPOINTS = {("fa15", "ip"): 23.55, ("fa15", "gp"): 24.10, ("sq34", "ip"): 22.80,
+                   ("sq34", "gp"): 23.35}
+DEMO_EXPTIME = {"fa15": 60.0, "sq34": 120.0}
+
 #: (site, telescope, instrument, filter) of each simulated dataset.
 DEMO_DATASETS = (
     ("lsc", "1m005", "fa15", "ip"),
@@ -127,7 +134,8 @@ def run_demo(folder="pipekit-demo", n_frames=40, seed=2026, out=print):
     -------
     dict
         ``ok``, ``light_curves`` (paths), ``plots``, ``comparison`` per dataset,
-        ``summary`` (the Manager's), ``seconds``.
+        ``summary`` (the Manager's), ``report`` (the report page, None when not written),
+        ``seconds``.
     """
     from .testing.archive_server import ArchiveServer
     from .manager import Manager
@@ -151,7 +159,8 @@ def run_demo(folder="pipekit-demo", n_frames=40, seed=2026, out=print):
     jobs = [dict(n_frames=n_frames, target=TARGET, ra=RA, dec=DEC, instrument=instrument,
                  filter=filt, site=site, telescope=telescope, event=event, stars=stars,
                  seed=seed + k, start=start, cadence_hours=cadence_hours,
-                 first_frame_number=1 + 1000 * k)
+                 first_frame_number=1 + 1000 * k, exptime=DEMO_EXPTIME[instrument],
+                 zeropoint=DEMO_ZEROPOINTS[instrument, filt], failed_zeropoints=(3, 17))
             for k, (site, telescope, instrument, filt) in enumerate(DEMO_DATASETS)]
     context = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
@@ -200,7 +209,11 @@ def run_demo(folder="pipekit-demo", n_frames=40, seed=2026, out=print):
                 f"light curve {cmp['reduced_chi2']:.2f}; peak/baseline flux "
                 f"{cmp['peak_to_base_recovered']:.2f} recovered, "
                 f"{cmp['peak_to_base_true']:.2f} true")
+    from .report import refresh_report
+    report = refresh_report(root / "reduction")
+    result["report"] = str(report) if report else None
     result["seconds"] = time.monotonic() - t_start
     out(f"plots: {', '.join(result['plots'])}")
+    out(f"report: {report}" if report else "report: not written (see the warning above)")
     out(f"done in {result['seconds']:.0f} s")
     return result

@@ -17,7 +17,8 @@ import numpy as np
 
 from .errors import FrameError
 # Re-exported: the names have been importable from here since pipekit's first release.
-from .lco import (INSTRUMENT_CLASSES, clean_float, clean_int, clean_str, instrument_class,
+from .lco import (INSTRUMENT_CLASSES, banzai_zeropoint, clean_float, clean_int, clean_str,
+                  instrument_class,
                   mjd_utc, parse_dec, parse_ra, parse_utc, reduction_level_from_name)
 
 __all__ = [
@@ -89,6 +90,9 @@ class FrameInfo:
         ``TELESCOP`` (e.g. ``1m0-05``).
     fwhm_arcsec : float or None
         BANZAI's ``L1FWHM`` (arcsec).
+    l1zp, l1zperr : float or None
+        BANZAI's photometric zero point and its error (``L1ZP``, ``L1ZPERR``, magnitudes of
+        1 count per second); None when missing or failed (-99): `pipekit.lco.banzai_zeropoint`.
     problems : list of str
         Reasons the frame cannot be used for photometry; empty when usable.
     """
@@ -122,6 +126,8 @@ class FrameInfo:
     wcserr: int | None = None
     telescope: str | None = None
     fwhm_arcsec: float | None = None
+    l1zp: float | None = None
+    l1zperr: float | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -338,6 +344,7 @@ def info_from_header(header, path=""):
         telescope=clean_str(header.get("TELESCOP")),
         fwhm_arcsec=clean_float(header.get("L1FWHM"), positive=True),
     )
+    info.l1zp, info.l1zperr = banzai_zeropoint(header.get("L1ZP"), header.get("L1ZPERR"))
     info.problems = _problems(info, naxis)
     return info
 

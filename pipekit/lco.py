@@ -15,7 +15,8 @@ from pathlib import Path
 __all__ = [
     "FRAME_SUFFIXES", "NO_VALUE_STRINGS", "INSTRUMENT_CLASSES",
     "frame_suffix", "frame_stem", "is_frame_name", "list_frames",
-    "is_no_value", "clean_str", "clean_float", "clean_int",
+    "is_no_value", "clean_str", "clean_float", "clean_int", "banzai_zeropoint",
+    "BANZAI_FAILED",
     "instrument_class", "reduction_level_from_name", "LCO_FILENAME_RE",
     "slug", "distinct_slug", "name_hash", "SLUG_HASH_LENGTH",
     "parse_ra", "parse_dec", "format_ra", "format_dec", "parse_utc", "mjd_utc",
@@ -177,6 +178,27 @@ def clean_float(value, *, positive=False):
     if not math.isfinite(value) or (positive and value <= 0):
         return None
     return value
+
+
+#: BANZAI's "this calibration failed" value (``L1ZP = L1ZPERR = -99``).
+BANZAI_FAILED = -99.0
+
+
+def banzai_zeropoint(zeropoint, error):
+    """BANZAI's photometric zero point ``(L1ZP, L1ZPERR)`` when valid, else ``(None, None)``.
+
+    BANZAI fits ``catalogue mag = -2.5 log10(flux / EXPTIME) + L1ZP`` (plus a colour term)
+    on each frame; a failed fit writes -99 to both keys, older frames lack them.
+
+    Examples
+    --------
+    >>> banzai_zeropoint(23.61, 0.02), banzai_zeropoint(-99, -99), banzai_zeropoint("N/A", 0.1)
+    ((23.61, 0.02), (None, None), (None, None))
+    """
+    zp, err = clean_float(zeropoint), clean_float(error, positive=True)
+    if zp is None or err is None or zp == BANZAI_FAILED or zp <= 0 or err >= 5:
+        return None, None
+    return zp, err
 
 
 def clean_int(value):

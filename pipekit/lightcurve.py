@@ -17,6 +17,7 @@ import numpy as np
 
 from . import lco
 from .atomic import write_bytes_atomic, write_text_atomic
+from .calibration import INSTRUMENTAL_ZEROPOINT, calibrate, frame_facts
 from .errors import PipekitError
 from .photometry import (FLAGS, NON_POSITIVE, OFF_FRAME, REFERENCE_STARS, REJECTED_FRAMES,
                          load_dataset_config, normalise_ensemble, write_ecsv)
@@ -24,7 +25,7 @@ from .photometry.store import FrameSummary
 from .secrets import scrub_value
 
 __all__ = ["LightCurve", "build_lightcurve", "write_lightcurve", "tom_csv_text",
-           "plot_lightcurve", "lightcurve_paths", "DEFAULT_ZEROPOINT"]
+           "plot_lightcurve", "lightcurve_paths", "DEFAULT_ZEROPOINT", "magnitude_system"]
 
 log = logging.getLogger("pipekit.lightcurve")
 
@@ -40,7 +41,7 @@ _QUALITY = (
 )
 
 #: Instrumental magnitudes are ``DEFAULT_ZEROPOINT - 2.5 log10(normalised flux)``.
-DEFAULT_ZEROPOINT = 25.0
+DEFAULT_ZEROPOINT = INSTRUMENTAL_ZEROPOINT
 
 
 @dataclass
@@ -133,7 +134,7 @@ class _FrameRows:
         return len(self.columns["id"])
 
 
-def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
+def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     """Normalise a dataset's stored photometry into the target's light curve.
 
     Parameters
@@ -144,8 +145,10 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
     config : pipekit.config.ReductionConfig, optional
         The dataset's config, already loaded (`pipekit.config.load_reduction_config`);
         None loads ``<red_dir>/reduction_config.yaml``.
-    zeropoint : float
-        Instrumental magnitude zero point.
+    zeropoint : float, optional
+        Force instrumental magnitudes with this zero point; None (the default) calibrates
+        them (`pipekit.calibration.calibrate`: BANZAI's ``L1ZP``, else the catalogue named in
+        the config, else instrumental with zero point `DEFAULT_ZEROPOINT`).
 
     Returns
     -------
@@ -216,6 +219,8 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
     err = ens.flux_err[idx, 0]
     flags = G[idx, 0].copy()
     flags[~(flux > 0)] |= NON_POSITIVE
+    cal = _calibration(red_dir, config, [tables[i] for i in idx], ens, idx, stars, zeropoint)
+    zeropoint = cal.zeropoint
     with np.errstate(invalid="ignore", divide="ignore"):
         mag = np.where(flux > 0, zeropoint - 2.5 * np.log10(flux), np.nan)
         mag_err = np.where(flux > 0, 2.5 / np.log(10) * err / flux, np.nan)
@@ -241,7 +246,9 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
     table["flux"].description = "target flux normalised by the comparison-star ensemble (ADU)"
     table["flux_err"].description = "1-sigma error of flux, ensemble uncertainty included"
     table["mag"].unit = "mag"
-    table["mag"].description = f"instrumental magnitude, {zeropoint} - 2.5 log10(flux)"
+    table["mag"].description = _mag_description(cal)
+    table["mag_err"].description = "1-sigma error of mag (the zero point's error zp_err apart)"
+    _add_frame_columns(table, cal, ens, idx)
     table["mag_err"].unit = "mag"
     table["flags"].description = "bit flags: " + ", ".join(f"{b}={n}" for b, n in FLAGS.items())
     first = tables[idx[0]].meta
@@ -260,6 +267,13 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
         "target_position": stars.meta.get("target_position"),
         "settings_hash": first.get("settings_hash"),
         "zeropoint": zeropoint,
+        "zp_err": None if not np.isfinite(cal.zp_err) else cal.zp_err,
+        "mag_system": "calibrated" if cal.calibrated else "instrumental",
+        "calibration": {"source": cal.source, "zeropoint": zeropoint,
+                        "zp_err": None if not np.isfinite(cal.zp_err) else cal.zp_err,
+                        **cal.details},
+        "rejected_frame_mjd": {k: v.get("mjd_mid") for k, v in
+                               frame_facts(red_dir, sorted(rejected)).items()},
         "comparison_stars": [{"id": int(stars["id"][j]), "ra": float(stars["ra"][j]),
                               "dec": float(stars["dec"][j]),
                               "reference_flux": float(ens.reference_flux[j]),
@@ -272,22 +286,63 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=DEFAULT_ZEROPOINT):
     return LightCurve(table=table, target=config.target.name, filter=filt, rejected=rejected)
 
 
-def tom_csv_text(lc):
-    """The TOM Toolkit photometry CSV: ``time`` (MJD UTC), ``filter``, ``magnitude``, ``error``.
+def _calibration(red_dir, config, tables, ens, idx, stars, zeropoint):
+    if zeropoint is None:
+        return calibrate(red_dir, config, tables, ens, idx, stars)
+    from .calibration import Calibration
+    nan = np.full(len(idx), np.nan)
+    exptime = np.array([float(t.meta["exptime"]) for t in tables])
+    return Calibration("instrumental", float(zeropoint), np.nan,
+                       zeropoint + 2.5 * np.log10(ens.zero_point[idx] / exptime), nan, nan,
+                       {"not_used": {"all": "build_lightcurve(zeropoint=...) given"}})
 
-    Only unflagged points with a finite magnitude go to the TOM: saturated, edge, sky-poor
-    or non-positive points stay in the ECSV, marked, but are not published.
+
+def _mag_description(cal):
+    if not cal.calibrated:
+        return f"instrumental magnitude, {cal.zeropoint} - 2.5 log10(flux); NOT calibrated"
+    return (f"calibrated magnitude ({cal.source}), zeropoint - 2.5 log10(flux) with zeropoint "
+            f"{cal.zeropoint:.4f} +- {cal.zp_err:.4f} (zp_err in the metadata)")
+
+
+def _add_frame_columns(table, cal, ens, idx):
+    """Per-frame calibration figures for the quality figure."""
+    for name, values, what in (
+            ("frame_zp", cal.frame_zp, "zero point of the frame's counts per second implied "
+             "by the light curve's (" + ("relative: instrumental" if not cal.calibrated else
+                                         cal.source) + ")"),
+            ("l1zp", cal.l1zp, "BANZAI's L1ZP of the frame (NaN: missing or failed)"),
+            ("l1zperr", cal.l1zperr, "BANZAI's L1ZPERR of the frame"),
+            ("n_comparison", ens.n_comparison[idx], "comparison stars used in the frame")):
+        table[name] = values
+        table[name].description = what
+
+
+def magnitude_system(lc):
+    """``"calibrated (banzai)"``, ``"calibrated (catalogue)"`` or ``"instrumental"``."""
+    cal = lc.table.meta.get("calibration") or {}
+    source = cal.get("source", "instrumental")
+    return "instrumental" if source == "instrumental" else f"calibrated ({source})"
+
+
+def tom_csv_text(lc):
+    """The TOM Toolkit photometry CSV: ``time`` (MJD UTC), ``filter``, ``magnitude``, ``error``,
+    ``magnitude_system``.
+
+    ``magnitude_system`` says whether the magnitudes are calibrated (and from what) or
+    instrumental. Only unflagged points with a finite magnitude go to the TOM: saturated,
+    edge, sky-poor or non-positive points stay in the ECSV, marked, but are not published.
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["time", "filter", "magnitude", "error"])
+    writer.writerow(["time", "filter", "magnitude", "error", "magnitude_system"])
+    system = magnitude_system(lc)
     t = lc.table
     mjd = np.asarray(t["mjd_utc"], float)
     mag = np.asarray(t["mag"], float)
     err = np.asarray(t["mag_err"], float)
     good = (np.asarray(t["flags"]) == 0) & np.isfinite(mag) & np.isfinite(err)
     for m, g, e in zip(mjd[good].tolist(), mag[good].tolist(), err[good].tolist()):
-        writer.writerow([f"{m:.6f}", lc.filter, f"{g:.5f}", f"{e:.5f}"])
+        writer.writerow([f"{m:.6f}", lc.filter, f"{g:.5f}", f"{e:.5f}", system])
     return buf.getvalue()
 
 
@@ -314,7 +369,8 @@ def plot_lightcurve(lc, path):
                     ecolor="tab:red", elinewidth=0.8, label=f"flagged ({bad.sum()})")
     ax.invert_yaxis()
     ax.set_xlabel(f"BJD_TDB - {offset:.0f}")
-    ax.set_ylabel("instrumental magnitude")
+    ax.set_ylabel(magnitude_system(lc).replace("(", "magnitude (").replace(
+        "instrumental", "instrumental magnitude"))
     ax.set_title(f"{lc.target}  {lc.filter}")
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
@@ -324,15 +380,19 @@ def plot_lightcurve(lc, path):
 
 
 def write_lightcurve(lc, red_dir):
-    """Write the ECSV, the TOM CSV and the plot into ``red_dir``, each atomically.
+    """Write the ECSV, the TOM CSV, the plot and the quality figure into ``red_dir``, each
+    atomically.
 
     Returns
     -------
     dict
-        ``{"ecsv": Path, "csv": Path, "png": Path}``.
+        ``{"ecsv": Path, "csv": Path, "png": Path, "quality": Path}``.
     """
+    from .quality import QUALITY_PNG, plot_quality
+
     ecsv, csv_path, png = lightcurve_paths(red_dir, lc.target, lc.filter)
     write_ecsv(lc.table, ecsv)
     write_text_atomic(csv_path, tom_csv_text(lc))
     plot_lightcurve(lc, png)
-    return {"ecsv": ecsv, "csv": csv_path, "png": png}
+    quality = plot_quality(lc, Path(red_dir) / QUALITY_PNG)
+    return {"ecsv": ecsv, "csv": csv_path, "png": png, "quality": quality}

@@ -108,12 +108,13 @@ def test_tom_csv_has_mjd_utc_times_filter_magnitude_error(dataset):
     table = Table.read(lc["ecsv"], format="ascii.ecsv")
     with open(lc["csv"], newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["time", "filter", "magnitude", "error"]
+    assert list(rows[0]) == ["time", "filter", "magnitude", "error", "magnitude_system"]
     good = table[table["flags"] == 0]
     assert len(rows) == len(good)
     names = [f.name for f in truth.files]
     for row, src in zip(rows, good):
         assert row["filter"] == "ip"
+        assert row["magnitude_system"] == "instrumental"     # the frames have no L1ZP
         mjd = float(row["time"])
         # the TOM gets mid-exposure MJD in UTC (not BJD, not the start)
         assert mjd == pytest.approx(truth.mjd_mid[names.index(src["frame"])], abs=2e-6)
@@ -136,9 +137,11 @@ def test_flagged_points_stay_in_the_ecsv_but_not_in_the_tom_csv(tmp_path):
                    "flags": np.array([0, SATURATED], np.int32)})
     lc = LightCurve(table=table, target="T 1", filter="gp")
     text = tom_csv_text(lc)
-    assert text.splitlines() == ["time,filter,magnitude,error", "61253.000000,gp,15.00000,0.00100"]
+    assert text.splitlines() == ["time,filter,magnitude,error,magnitude_system",
+                                 "61253.000000,gp,15.00000,0.00100,instrumental"]
     paths = write_lightcurve(lc, tmp_path)
     assert paths["ecsv"].name == "T_1_gp_lc.ecsv"
+    assert paths["quality"].read_bytes()[:4] == b"\x89PNG"   # panels without data say so
     assert len(Table.read(paths["ecsv"], format="ascii.ecsv")) == 2
 
 

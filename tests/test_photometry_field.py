@@ -220,7 +220,8 @@ def make_mixed_dataset(red, seed, n_frames, settings=None, **kw):
     """A 1 m (0.389"/px) and a 0.4 m (0.571"/px, a sixth of the light per second, exposing
     2.5 times longer, camera turned 90 degrees) observing one field into one folder,
     interleaved in time."""
-    from pipekit.testing.simulate import PaczynskiEvent, combine_truths, make_star_field
+    from pipekit.testing.simulate import PaczynskiEvent, make_star_field
+    from pipekit.testing.truths import combine_truths
 
     data = Path(red) / "data"
     n1 = n_frames - n_frames // 3
@@ -421,7 +422,8 @@ def test_sharp_sources_are_cosmic_rays_not_stars():
 
 
 def test_combine_truths_joins_two_telescopes_in_time_order(tmp_path):
-    from pipekit.testing.simulate import PaczynskiEvent, combine_truths, make_star_field
+    from pipekit.testing.simulate import PaczynskiEvent, make_star_field
+    from pipekit.testing.truths import combine_truths
 
     stars = make_star_field(269.7596, -28.2094, 20, seed=1)
     event = PaczynskiEvent(61253.2, 0.2, 3.0)

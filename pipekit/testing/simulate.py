@@ -20,7 +20,7 @@ from astropy.wcs import WCS
 from ..atomic import atomic_write
 
 __all__ = ["PaczynskiEvent", "StarField", "SimulationTruth", "SITES", "make_star_field",
-           "simulate_frame", "simulate_dataset", "combine_truths", "lco_filename"]
+           "simulate_frame", "simulate_dataset", "lco_filename"]
 
 log = logging.getLogger("pipekit.testing.simulate")
 
@@ -392,7 +392,8 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
                      wcs_error_px=0.3, stars=None, first_frame_number=1,
                      header_offset_px=(0.0, 0.0), header_rotation_deg=0.0, pointing_only=(),
                      sky_gradient=0.0, cosmic_rays=0, target_hits=(), bad_columns=0,
-                     nan_pixels=0, throughput=1.0, orientation_deg=0.0):
+                     nan_pixels=0, throughput=1.0, orientation_deg=0.0, zeropoint=None,
+                     zeropoint_err=0.02, failed_zeropoints=()):
     """Write ``n_frames`` LCO-like frames of a microlensing event into ``folder``.
 
     Parameters
@@ -447,6 +448,13 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
         Scales every star's flux (a 0.4 m gets ~0.16 of a 1 m's); not in ``target_flux``.
     orientation_deg : float
         The camera's angle on the sky (the header WCS carries it).
+    zeropoint : float, optional
+        Write BANZAI's ``L1ZP``/``L1ZPERR``: a star's true magnitude is
+        ``zeropoint - 2.5 log10(flux / exptime)`` (``flux`` of `StarField`, ADU at
+        transparency 1), so frame ``i``'s zero point is ``zeropoint + 2.5 log10(transparency)``,
+        written with a Gaussian error of ``zeropoint_err`` (its ``L1ZPERR``). None: no keys.
+    failed_zeropoints : sequence of int
+        Frames whose calibration failed: ``L1ZP = L1ZPERR = -99``, as BANZAI writes.
 
     Returns
     -------
@@ -480,6 +488,9 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
     # stars, seeing and noise as the same seed without them
     crng = np.random.default_rng([int(seed), 11])
     files, xs, ys, fluxes, cr_near_target = [], [], [], [], []
+    # its own generator: frames simulated without zero points stay byte-identical
+    zp_noise = np.random.default_rng([seed, 14]).normal(0.0, zeropoint_err, n_frames)
+    l1zp = [None] * n_frames
     cosd = np.cos(np.radians(dec))
     for i in range(n_frames):
         jx, jy = rng.normal(0.0, jitter_arcsec, 2) / 3600.0
@@ -522,6 +533,12 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
         name = lco_filename(site, telescope, instrument, day_obs, number, compress=compress)
         hdr["ORIGNAME"] = name.replace("-e91", "-e00").replace(".fz", "")
         hdr["WCSERR"] = (4 if i in pointing_only else 0, "Error status of WCS fit. 0 for no error")
+        if zeropoint is not None:
+            ok = i not in failed_zeropoints
+            l1zp[i] = (zeropoint + 2.5 * np.log10(transp[i] * throughput) + zp_noise[i]
+                       if ok else -99.0)
+            hdr["L1ZP"] = (round(float(l1zp[i]), 5), "Instrumental zeropoint [mag]")
+            hdr["L1ZPERR"] = (zeropoint_err if ok else -99.0, "Error on Instrumental zeropoint")
         path = folder / name
         x, y, flux = simulate_frame(path, stars, mjd_start=mjd_start[i], wcs=true_wcs,
                                     header_wcs=header_wcs, shape=shape, exptime=exptime,
@@ -552,49 +569,7 @@ def simulate_dataset(folder, n_frames=60, *, target="OGLE-2026-BLG-0034", ra=269
               "wcserr": [4 if i in pointing_only else 0 for i in range(n_frames)],
               "throughput": throughput,
               "target_hits": sorted(int(i) for i in target_hits),
+              "zeropoint": zeropoint, "l1zp": l1zp,
               "cr_near_target_px": cr_near_target},
     )
 
-
-def combine_truths(truths):
-    """One `SimulationTruth` for datasets written into one folder (e.g. two telescopes).
-
-    The parts share their `StarField` and event (``stars=``, ``event=`` of `simulate_dataset`).
-    Per-frame arrays and ``meta`` lists are joined in time order; ``meta`` also lists each
-    frame's ``pixscale``, ``gain``, ``rdnoise`` and ``throughput``.
-
-    Parameters
-    ----------
-    truths : sequence of SimulationTruth
-
-    Returns
-    -------
-    SimulationTruth
-        Scalars (gain, read noise, pixel scale ...) are those of the first part.
-    """
-    first = truths[0]
-    if any(t.stars is not first.stars or t.event is not first.event for t in truths):
-        raise ValueError("combine_truths: the parts must share one StarField and one event")
-    order = np.argsort(np.concatenate([t.mjd_start for t in truths]), kind="stable")
-
-    def join(name):
-        return np.concatenate([getattr(t, name) for t in truths])[order]
-    meta = dict(first.meta)
-    for key in ("wcserr", "cr_near_target_px"):
-        joined = [v for t in truths for v in t.meta[key]]
-        meta[key] = [joined[i] for i in order]
-    for key in ("pixscale", "gain", "rdnoise", "throughput"):
-        meta[key] = [float(v) for v in np.concatenate(
-            [np.full(len(t.files), t.meta.get(key, getattr(t, key, 1.0))) for t in truths])[order]]
-    offsets = np.cumsum([0] + [len(t.files) for t in truths])
-    hits = np.concatenate([np.asarray(t.meta["target_hits"], int) + o
-                           for t, o in zip(truths, offsets)])
-    meta["target_hits"] = [int(i) for i in np.flatnonzero(np.isin(order, hits))]
-    files = [f for t in truths for f in t.files]
-    return SimulationTruth(
-        folder=first.folder, files=[files[i] for i in order], stars=first.stars,
-        event=first.event, source_flux=first.source_flux, mjd_start=join("mjd_start"),
-        mjd_mid=join("mjd_mid"), exptime=first.exptime, transparency=join("transparency"),
-        sky=join("sky"), fwhm_arcsec=join("fwhm_arcsec"), target_flux=join("target_flux"),
-        star_flux=join("star_flux"), x=join("x"), y=join("y"), gain=first.gain,
-        rdnoise=first.rdnoise, saturate=first.saturate, pixscale=first.pixscale, meta=meta)
