@@ -189,7 +189,9 @@ def test_a_second_sigterm_stops_manage_at_once_even_with_stubborn_workers(tmp_pa
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
-    assert time.monotonic() - t0 < 5, "the second signal did not stop at once"
+    # "at once": well before the 120 s the stubborn workers would take (a loaded CI
+    # machine needs a few seconds to reap them)
+    assert time.monotonic() - t0 < 15, "the second signal did not stop at once"
     assert proc.returncode == 143, err
     time.sleep(0.5)
     assert not [pid for pid in workers if alive(pid)], "worker processes left behind"
