@@ -21,7 +21,7 @@ from .calibration import INSTRUMENTAL_ZEROPOINT, calibrate, frame_facts
 from .errors import PipekitError
 from .photometry import (FLAGS, NON_POSITIVE, OFF_FRAME, REFERENCE_STARS, REJECTED_FRAMES,
                          load_dataset_config, normalise_ensemble, write_ecsv)
-from .photometry.store import FrameSummary
+from .photometry.store import FrameSummary, plain
 from .secrets import scrub_value
 
 __all__ = ["LightCurve", "build_lightcurve", "write_lightcurve", "tom_csv_text",
@@ -82,21 +82,6 @@ def lightcurve_paths(red_dir, target, filter):
     return red_dir / f"{stem}.ecsv", red_dir / f"{stem}.csv", red_dir / "lightcurve.png"
 
 
-def _plain(value):
-    """Numpy scalars and paths to plain Python, so ECSV meta is clean YAML."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _config_dict(config):
     """The validated reduction config (every setting, defaults included) as plain values.
 
@@ -104,7 +89,7 @@ def _config_dict(config):
     was typed there, a password included, never reaches the light curve's provenance.
     """
     if dataclasses.is_dataclass(config):
-        return scrub_value(_plain(_known_settings(config)))
+        return scrub_value(plain(_known_settings(config)))
     return {}
 
 
@@ -253,7 +238,7 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     table["flags"].description = "bit flags: " + ", ".join(f"{b}={n}" for b, n in FLAGS.items())
     first = tables[idx[0]].meta
     comp = np.flatnonzero(ens.comparison)
-    table.meta = _plain({
+    table.meta = plain({
         "pipekit_version": __version__,
         "target": config.target.name, "ra_deg": config.target.ra, "dec_deg": config.target.dec,
         "filter": filt,

@@ -23,7 +23,7 @@ import numpy as np
 from ..atomic import write_bytes_atomic, write_text_atomic
 
 __all__ = ["ecsv_text", "write_frame_ecsv", "read_frame_ecsv", "FrameSummary", "SUMMARY_NAME",
-           "SUMMARY_COLUMNS", "done_stamp"]
+           "SUMMARY_COLUMNS", "done_stamp", "plain"]
 
 log = logging.getLogger("pipekit.photometry")
 
@@ -35,15 +35,16 @@ SUMMARY_COLUMNS = ("id", "flux", "flux_err", "flags")
 _KINDS = {"i": "int", "u": "uint", "f": "float", "b": "bool"}
 
 
-def _plain(value):
+def plain(value):
+    """Numpy scalars, arrays and paths to plain Python, so ECSV meta is clean YAML."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
+        return [plain(v) for v in value.tolist()]
     if isinstance(value, Path):
         return str(value)
     return value
@@ -103,7 +104,7 @@ def ecsv_text(table):
         datatype.append(entry)
     header = {"datatype": datatype}
     if table.meta:
-        header["meta"] = _plain(dict(table.meta))
+        header["meta"] = plain(dict(table.meta))
     header["schema"] = "astropy-2.0"
     text = yaml.dump(header, Dumper=_yaml_dumper(), sort_keys=False, default_flow_style=None,
                      width=1000)
@@ -200,7 +201,7 @@ class FrameSummary:
                 if missing:
                     out.append((path, None, ValueError(f"columns {missing} missing")))
                     continue
-                entry = {"stamp": stamp, "meta": _plain(dict(t.meta)),
+                entry = {"stamp": stamp, "meta": plain(dict(t.meta)),
                          "columns": {c: np.asarray(t[c]) for c in SUMMARY_COLUMNS}}
                 self.entries[path.name] = entry
                 self.changed = True
