@@ -119,13 +119,16 @@ def _balanced(values):
     return np.where(bad, np.broadcast_to(sign, values.shape).astype(values.dtype), values)
 
 
-def _block_stats(blocks):
-    """Median and 1.4826 MAD along the last axis, NaN ignored (NaN for all-NaN rows)."""
+def _block_stats(blocks, spread=True):
+    """Median and 1.4826 MAD along the last axis, NaN ignored (NaN for all-NaN rows);
+    without ``spread``, the median alone (the MAD is a second median, as costly)."""
     n_ok = np.isfinite(blocks).sum(axis=2)
     med = np.median(_balanced(blocks), axis=2)
+    bad = (n_ok < 3) | ~np.isfinite(med)
+    if not spread:
+        return np.where(bad, np.nan, med)
     with np.errstate(invalid="ignore"):
         mad = 1.4826 * np.median(_balanced(np.abs(blocks - med[:, :, None])), axis=2)
-    bad = (n_ok < 3) | ~np.isfinite(med)
     return np.where(bad, np.nan, med), np.where(bad | ~np.isfinite(mad), np.nan, mad)
 
 
@@ -161,8 +164,8 @@ def background_map(data, box=64):
     blocks = blocks.reshape(by, m, bx, m).transpose(0, 2, 1, 3).reshape(by, bx, -1)
     med, mad = _block_stats(blocks)
     # one clipping round (stars above 3 sigma out), then the statistics again
-    med, mad = _block_stats(np.where(np.abs(blocks - med[:, :, None]) <= 3 * mad[:, :, None],
-                                     blocks, np.float32(np.nan)))
+    med = _block_stats(np.where(np.abs(blocks - med[:, :, None]) <= 3 * mad[:, :, None],
+                                blocks, np.float32(np.nan)), spread=False)
     med = med.astype(float)
     fill = np.nanmedian(med) if np.isfinite(med).any() else 0.0
     med = np.where(np.isfinite(med), med, fill)
