@@ -55,6 +55,7 @@ def main():
             x, y = x[on], y[on]
             t_bkg, bkg = _best(lambda: background_map(data))
             def sources():  # as measure_frame_file: 80 brightest, cosmic rays out
+                bkg.sources.clear()  # found anew each time (a Background remembers them)
                 sx, sy, _ = bright_sources(data, fwhm, n=80, background=bkg,
                                            saturate=info.saturate)
                 star = ~sharp_sources(data, sx, sy, fwhm, info.gain, info.rdnoise, bkg)
