@@ -71,15 +71,19 @@ class Background:
         ny, nx = self.shape
         iy = np.clip(np.asarray(iy, np.int64), 0, ny - 1)
         ix = np.clip(np.asarray(ix, np.int64), 0, nx - 1)
-        if self._tables is None:  # per row and per column, made once
-            self._tables = self._weights(np.arange(ny), 0) + self._weights(np.arange(nx), 1)
-        i, fy, j, fx = self._tables
-        i, fy, j, fx = i[iy], fy[iy], j[ix], fx[ix]
-        g = self.grid
-        i1 = np.minimum(i + 1, g.shape[0] - 1)
-        j1 = np.minimum(j + 1, g.shape[1] - 1)
-        return ((1 - fy) * ((1 - fx) * g[i, j] + fx * g[i, j1])
-                + fy * ((1 - fx) * g[i1, j] + fx * g[i1, j1]))
+        if self._tables is None:  # per row and per column, made once: flat grid offsets
+            (i, fy), (j, fx) = self._weights(np.arange(ny), 0), self._weights(np.arange(nx), 1)
+            by, bx = self.grid.shape
+            self._tables = (i * bx, np.minimum(i + 1, by - 1) * bx, fy,
+                            j, np.minimum(j + 1, bx - 1), fx)
+        r0, r1, fy, c0, c1, fx = self._tables
+        r0, r1, fy, c0, c1, fx = r0[iy], r1[iy], fy[iy], c0[ix], c1[ix], fx[ix]
+        g = self.grid.ravel()
+        lo = np.take(g, r0 + c0)
+        lo += fx * (np.take(g, r0 + c1) - lo)
+        hi = np.take(g, r1 + c0)
+        hi += fx * (np.take(g, r1 + c1) - hi)
+        return lo + fy * (hi - lo)
 
     def sampled(self, rows, cols, dtype=float):
         """The map on the pixel grid ``rows`` x ``cols`` (1-D arrays of pixel positions)."""
