@@ -55,9 +55,10 @@ def main():
             x, y = x[on], y[on]
             t_bkg, bkg = _best(lambda: background_map(data))
             def sources():  # as measure_frame_file: 80 brightest, cosmic rays out
+                bkg.sources.clear()  # found anew each time (a Background remembers them)
                 sx, sy, _ = bright_sources(data, fwhm, n=80, background=bkg,
                                            saturate=info.saturate)
-                star = ~sharp_sources(data, sx, sy, fwhm, info.gain, info.rdnoise, bkg.map)
+                star = ~sharp_sources(data, sx, sy, fwhm, info.gain, info.rdnoise, bkg)
                 return sx[star][:40], sy[star][:40]
 
             t_src, (sx, sy) = _best(sources)
@@ -70,14 +71,14 @@ def main():
             t_match, m = _best(lambda: match_stars(np.column_stack([hx, hy]),
                                                    np.column_stack([sx, sy]), tolerance=2.0,
                                                    max_shift=64, centre=tuple(c)))
-            sky = np.full(len(x), float(np.median(bkg.map)))
+            sky = np.full(len(x), bkg.level)
             t_cr, _ = _best(lambda: cosmic_ray_hits(data, x, y, r, fwhm, info.gain,
                                                     info.rdnoise, sky))
             flat = data - bkg.map
             t_fix, _ = _best(lambda: repair_bad_pixels(flat.copy(), x, y, r))
             t_phot, _ = _best(lambda: measure_frame(data, np.column_stack([x, y]), r, 5 / 0.389,
                                                     8 / 0.389, info.gain, info.rdnoise,
-                                                    background=bkg.map))
+                                                    background=bkg))
             rows.append((t_read, t_bkg, t_src, t_match, t_cr, t_fix, t_phot,
                          m is not None and m.n_matched))
         a = np.array([r[:7] for r in rows]).mean(axis=0) * 1e3

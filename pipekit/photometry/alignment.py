@@ -12,7 +12,8 @@ import numpy as np
 __all__ = ["centroid_shift", "Similarity", "Match", "fit_similarity", "match_stars"]
 
 
-def centroid_shift(data, x, y, radius, sky, *, iterations=5, max_shift=None):
+def centroid_shift(data, x, y, radius, sky, *, iterations=5, max_shift=None,
+                   background=None):
     """The frame's common offset between predicted and measured star positions.
 
     Intensity-weighted centroids of all given stars are refined together (a few
@@ -31,6 +32,9 @@ def centroid_shift(data, x, y, radius, sky, *, iterations=5, max_shift=None):
     iterations : int
     max_shift : float, optional
         Stars whose centroid moved further than this are ignored (default ``radius``).
+    background : Background, optional
+        A sky map (`pipekit.photometry.detection.background_map`) subtracted from the
+        window pixels (``sky`` is then the level left above it).
 
     Returns
     -------
@@ -56,6 +60,8 @@ def centroid_shift(data, x, y, radius, sky, *, iterations=5, max_shift=None):
         px = ix[:, None] + off
         py = iy[:, None] + off
         vals = np.take(data, py[:, :, None] * nx + px[:, None, :]).astype(np.float64)
+        if background is not None:
+            vals -= background.at(py[:, :, None], px[:, None, :])
         w = np.where(np.isfinite(vals), vals - sk[:, None, None], 0.0)
         r2 = (px[:, None, :] - cx[:, None, None]) ** 2 + (py[:, :, None] - cy[:, None, None]) ** 2
         w = np.where((r2 <= radius * radius) & (w > 0), w, 0.0)

@@ -53,7 +53,7 @@ def circular_overlap(x0, x1, y0, y1, r):
             - _quadrant_area(x1, y0, r) + _quadrant_area(x0, y0, r))
 
 
-def aperture_sums(data, x, y, radius, saturate=None):
+def aperture_sums(data, x, y, radius, saturate=None, *, background=None):
     """Exact-overlap circular aperture sums at many positions at once.
 
     Pixel ``(i, j)`` covers ``[j - 0.5, j + 0.5] x [i - 0.5, i + 0.5]`` (0-based centres, the
@@ -69,6 +69,9 @@ def aperture_sums(data, x, y, radius, saturate=None):
         Aperture radius in pixels.
     saturate : float or ndarray, optional
         Pixels at or above this flag the star ``SATURATED`` (one value per star allowed).
+    background : Background, optional
+        A sky map (`pipekit.photometry.detection.background_map`) subtracted from the
+        aperture pixels, evaluated at those pixels only.
 
     Returns
     -------
@@ -95,6 +98,9 @@ def aperture_sums(data, x, y, radius, saturate=None):
     inside = iny[:, :, None] & inx[:, None, :]
     flat = np.clip(py, 0, ny - 1)[:, :, None] * nx + np.clip(px, 0, nx - 1)[:, None, :]
     values = np.take(data, flat)                      # data is C-contiguous 2-D
+    if background is not None:
+        values = values - background.at(np.clip(py, 0, ny - 1)[:, :, None],
+                                        np.clip(px, 0, nx - 1)[:, None, :])
     used = (area > 0) & inside
     finite = np.isfinite(values)
     w = np.where(used, area, 0.0)

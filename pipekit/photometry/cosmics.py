@@ -114,8 +114,8 @@ def sharp_sources(data, x, y, fwhm, gain, rdnoise, background):
         The frame's PSF FWHM in pixels.
     gain, rdnoise : float
         e-/ADU and e-.
-    background : ndarray
-        The frame's sky map (`pipekit.photometry.detection.background_map`'s ``map``).
+    background : Background or ndarray
+        The frame's sky map (`pipekit.photometry.detection.background_map`, or its ``map``).
 
     Returns
     -------
@@ -129,6 +129,7 @@ def sharp_sources(data, x, y, fwhm, gain, rdnoise, background):
     if len(x) == 0:
         return np.zeros(0, bool)
     ny, nx = background.shape
-    sky = background[np.clip(np.rint(y).astype(int), 0, ny - 1),
-                     np.clip(np.rint(x).astype(int), 0, nx - 1)]
+    iy = np.clip(np.rint(y).astype(int), 0, ny - 1)
+    ix = np.clip(np.rint(x).astype(int), 0, nx - 1)
+    sky = background.at(iy, ix) if hasattr(background, "at") else background[iy, ix]
     return cosmic_ray_hits(data, x, y, 1.5, fwhm, gain, rdnoise, sky) > 0

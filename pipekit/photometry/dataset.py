@@ -260,7 +260,7 @@ def measure_frame_data(frame, path, stars, config, bright, background=None):
     x, y = frame.wcs.all_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
     bkg = background if background is not None else background_map(data)
     sx, sy, _ = bright_sources(data, fwhm, n=80, background=bkg, saturate=info.saturate)
-    star = ~sharp_sources(data, sx, sy, fwhm, info.gain, info.rdnoise, bkg.map)  # no hits
+    star = ~sharp_sources(data, sx, sy, fwhm, info.gain, info.rdnoise, bkg)  # no hits
     sx, sy = sx[star], sy[star]
     bright = np.asarray(bright, int)
     pointing_only = bool(info.wcserr)
@@ -296,18 +296,20 @@ def measure_frame_data(frame, path, stars, config, bright, background=None):
     dx = dy = 0.0
     n_shift = 0
     if s["centroid"] > 0 and len(bright):
-        # on the background-subtracted image: a gradient under the window would pull
-        # every centroid uphill
-        flat = np.ascontiguousarray(data - bkg.map)
+        # above the background map (subtracted at the pixels used): a gradient under the
+        # window would pull every centroid uphill
+        data = np.ascontiguousarray(data)
         bx, by = x[bright], y[bright]
-        sky_b, _, _ = annulus_sky(flat, bx, by, s["annulus_in"], s["annulus_out"], s["sigma"])
-        dx, dy, n_shift = centroid_shift(flat, bx, by, max(s["centroid"], s["radius"]),
-                                         sky_b, max_shift=max(s["centroid"], s["radius"]))
+        sky_b, _, _ = annulus_sky(data, bx, by, s["annulus_in"], s["annulus_out"], s["sigma"],
+                                  background=bkg)
+        dx, dy, n_shift = centroid_shift(data, bx, by, max(s["centroid"], s["radius"]),
+                                         sky_b, max_shift=max(s["centroid"], s["radius"]),
+                                         background=bkg)
         if n_shift:
             x, y = x + dx, y + dy
     table = measure_frame(data, np.column_stack([x, y]), s["radius"], s["annulus_in"],
                           s["annulus_out"], info.gain, info.rdnoise, info.saturate,
-                          sigma=s["sigma"], edge_margin=s["edge"], background=bkg.map)
+                          sigma=s["sigma"], edge_margin=s["edge"], background=bkg)
     table.add_column(np.asarray(stars["id"]), name="id", index=0)
     hits = np.zeros(len(table), int)
     if p.cosmic_ray_sigma > 0:

@@ -10,43 +10,109 @@ __all__ = ["detect_stars", "Background", "background_map", "bright_sources"]
 
 
 class Background:
-    """A smooth sky map of a frame and its noise.
+    """A smooth sky map of a frame and its noise, kept as its coarse grid.
+
+    The map is bilinear between box medians: it is evaluated where it is used (`at`,
+    `binned`) and made at full resolution only when ``map`` is asked for, so a frame's
+    measuring makes no full-frame copy of it.
 
     Attributes
     ----------
-    map : ndarray
-        Sky level per pixel (ADU), bilinear between box medians.
+    grid : ndarray
+        Box medians (median-filtered), shape ``(by, bx)``.
+    shape : tuple
+        The frame's shape ``(ny, nx)``.
     rms : float
-        Median of the boxes' robust (clipped MAD) standard deviations.
+        Robust (MAD) standard deviation of the frame about the map.
     level, gradient : float
         Median sky and the full range (max - min) of the box medians.
     """
 
-    def __init__(self, map, rms, level, gradient):
-        self.map, self.rms, self.level, self.gradient = map, rms, level, gradient
+    def __init__(self, grid, shape, box, first, rms, level, gradient):
+        self.grid = np.asarray(grid, float)
+        self.shape = tuple(shape)
+        self.box, self.first = box, first
+        self.rms, self.level, self.gradient = rms, level, gradient
+        self._map = None
         self._map32 = None
+        self._tables = None
+        # bright_sources found above this map: (fwhm, nsigma, saturate) -> (image, n, x, y, flux)
+        self.sources = {}
+
+    def _weights(self, index, axis):
+        """Lower grid index and weight of the next one, per pixel index along ``axis``."""
+        n_box = self.grid.shape[axis]
+        index = np.asarray(index)
+        if n_box == 1:
+            return np.zeros(index.shape, np.int64), np.zeros(index.shape)
+        t = (index - self.first) / self.box
+        i = np.clip(np.floor(t).astype(np.int64), 0, n_box - 2)
+        return i, t - i
+
+    def _along(self, values, index, axis, dtype):
+        """``values`` (grid-shaped along ``axis``) interpolated to the pixel ``index``es.
+
+        Two gathers and a blend instead of a matrix product: BLAS threads on a busy
+        machine cost ten times the arithmetic.
+        """
+        i, f = self._weights(np.asarray(index), axis)
+        i1 = np.minimum(i + 1, self.grid.shape[axis] - 1)
+        f = f.astype(dtype)
+        if axis == 0:
+            f = f[:, None]
+        lo, hi = np.take(values, i, axis=axis), np.take(values, i1, axis=axis)
+        return lo + f * (hi - lo)
+
+    def at(self, iy, ix):
+        """The map at integer pixels ``(iy, ix)`` (any matching shapes, clipped to the frame).
+
+        Equal to ``map[iy, ix]`` without making the map.
+        """
+        ny, nx = self.shape
+        iy = np.clip(np.asarray(iy, np.int64), 0, ny - 1)
+        ix = np.clip(np.asarray(ix, np.int64), 0, nx - 1)
+        if self._tables is None:  # per row and per column, made once: flat grid offsets
+            (i, fy), (j, fx) = self._weights(np.arange(ny), 0), self._weights(np.arange(nx), 1)
+            by, bx = self.grid.shape
+            self._tables = (i * bx, np.minimum(i + 1, by - 1) * bx, fy,
+                            j, np.minimum(j + 1, bx - 1), fx)
+        r0, r1, fy, c0, c1, fx = self._tables
+        r0, r1, fy, c0, c1, fx = r0[iy], r1[iy], fy[iy], c0[ix], c1[ix], fx[ix]
+        g = self.grid.ravel()
+        lo = np.take(g, r0 + c0)
+        lo += fx * (np.take(g, r0 + c1) - lo)
+        hi = np.take(g, r1 + c0)
+        hi += fx * (np.take(g, r1 + c1) - hi)
+        return lo + fy * (hi - lo)
+
+    def sampled(self, rows, cols, dtype=float):
+        """The map on the pixel grid ``rows`` x ``cols`` (1-D arrays of pixel positions)."""
+        part = self._along(self.grid.astype(dtype), rows, 0, dtype)
+        return self._along(part, cols, 1, dtype)
+
+    def binned(self, b, dtype=np.float32):
+        """The map at the centres of ``b`` x ``b`` pixel blocks (as `_binned` bins the frame):
+        the blocks' mean, but where a block straddles a grid node (a change of slope of a
+        fraction of an ADU per pixel)."""
+        ny, nx = self.shape
+        centre = (b - 1) / 2.0
+        return self.sampled(np.arange(ny // b) * b + centre, np.arange(nx // b) * b + centre,
+                            dtype)
+
+    @property
+    def map(self):
+        """Sky level per pixel (ADU), the whole frame (made once, when first asked for)."""
+        if self._map is None:
+            ny, nx = self.shape
+            self._map = self.sampled(np.arange(ny), np.arange(nx))
+        return self._map
 
     def map32(self):
         """``map`` as float32, made once."""
         if self._map32 is None:
-            self._map32 = self.map.astype(np.float32)
+            ny, nx = self.shape
+            self._map32 = self.sampled(np.arange(ny), np.arange(nx), np.float32)
         return self._map32
-
-
-def _interp_matrix(n, n_box, box, first):
-    """Linear weights (n, n_box) from block centres to pixel centres, extrapolated linearly
-    over the outer half blocks (a gradient goes on to the edge)."""
-    w = np.zeros((n, n_box))
-    if n_box == 1:
-        w[:, 0] = 1.0
-        return w
-    t = (np.arange(n) - first) / box
-    i = np.clip(np.floor(t).astype(int), 0, n_box - 2)
-    f = t - i
-    rows = np.arange(n)
-    w[rows, i] = 1.0 - f
-    w[rows, i + 1] = f
-    return w
 
 
 def _balanced(values):
@@ -56,25 +122,30 @@ def _balanced(values):
     if not bad.any():
         return values
     sign = np.where(np.arange(values.shape[-1]) % 2, np.inf, -np.inf)
-    return np.where(bad, np.broadcast_to(sign, values.shape), values)
+    return np.where(bad, np.broadcast_to(sign, values.shape).astype(values.dtype), values)
 
 
-def _block_stats(blocks):
-    """Median and 1.4826 MAD along the last axis, NaN ignored (NaN for all-NaN rows)."""
+def _block_stats(blocks, spread=True):
+    """Median and 1.4826 MAD along the last axis, NaN ignored (NaN for all-NaN rows);
+    without ``spread``, the median alone (the MAD is a second median, as costly)."""
     n_ok = np.isfinite(blocks).sum(axis=2)
     med = np.median(_balanced(blocks), axis=2)
+    bad = (n_ok < 3) | ~np.isfinite(med)
+    if not spread:
+        return np.where(bad, np.nan, med)
     with np.errstate(invalid="ignore"):
         mad = 1.4826 * np.median(_balanced(np.abs(blocks - med[:, :, None])), axis=2)
-    bad = (n_ok < 3) | ~np.isfinite(med)
     return np.where(bad, np.nan, med), np.where(bad | ~np.isfinite(mad), np.nan, mad)
 
 
 def background_map(data, box=64):
     """The sky of a frame on a coarse grid: clipped medians of ``box`` x ``box`` pixel
-    blocks, median-filtered 3 x 3 (a bright star's block is replaced), then interpolated.
+    blocks, median-filtered 3 x 3 (a bright star's block is replaced), interpolated
+    bilinearly where it is used.
 
-    Costs a few percent of photutils ``Background2D`` (blocks subsampled to 16 x 16, separable
-    interpolation as two matrix products); it follows gradients of thousands of ADU.
+    Costs a few percent of photutils ``Background2D`` (blocks subsampled to 16 x 16, the
+    map kept as its grid and evaluated only where it is consumed); it follows gradients of
+    thousands of ADU.
 
     Parameters
     ----------
@@ -94,24 +165,27 @@ def background_map(data, box=64):
     by, bx = ny // box, nx // box
     step = max(1, box // 16)          # 256 pixels per block measure its sky to ~0.1 sigma
     m = box // step
-    blocks = data[:by * box:step, :bx * box:step][:by * m, :bx * m].astype(float)
+    # float32 (the frames' own type) is exact for a median and 3x cheaper to partition
+    blocks = data[:by * box:step, :bx * box:step][:by * m, :bx * m].astype(np.float32)
     blocks = blocks.reshape(by, m, bx, m).transpose(0, 2, 1, 3).reshape(by, bx, -1)
     med, mad = _block_stats(blocks)
     # one clipping round (stars above 3 sigma out), then the statistics again
-    med, mad = _block_stats(np.where(np.abs(blocks - med[:, :, None]) <= 3 * mad[:, :, None],
-                                     blocks, np.nan))
+    med = _block_stats(np.where(np.abs(blocks - med[:, :, None]) <= 3 * mad[:, :, None],
+                                blocks, np.float32(np.nan)), spread=False)
+    med = med.astype(float)
     fill = np.nanmedian(med) if np.isfinite(med).any() else 0.0
     med = np.where(np.isfinite(med), med, fill)
     # pad by linear extrapolation, so that the median filter leaves a plane as it is
     pad = np.pad(med, 1, mode="reflect", reflect_type="odd") if min(by, bx) > 1 else med
     med = median_filter(pad, size=3)[1:-1, 1:-1] if pad is not med else med
     first = (m - 1) * step / 2.0      # centre of a block's sampled pixels
-    bkg = _interp_matrix(ny, by, box, first) @ med @ _interp_matrix(nx, bx, box, first).T
+    bkg = Background(med, (ny, nx), box, first, 0.0, float(np.median(med)),
+                     float(med.max() - med.min()))
     # the noise about the map (a block's own scatter would include its gradient)
-    resid = data[::step, ::step] - bkg[::step, ::step]
+    resid = data[::step, ::step] - bkg.sampled(np.arange(0, ny, step), np.arange(0, nx, step))
     resid = resid[np.isfinite(resid)]
-    rms = float(1.4826 * np.median(np.abs(resid - np.median(resid)))) if resid.size else 0.0
-    return Background(bkg, rms, float(np.median(med)), float(med.max() - med.min()))
+    bkg.rms = float(1.4826 * np.median(np.abs(resid - np.median(resid)))) if resid.size else 0.0
+    return bkg
 
 
 def _binned(img, b):
@@ -121,7 +195,19 @@ def _binned(img, b):
     if b == 1:
         return img
     img = img[:ny // 2 * 2, :nx // 2 * 2]
-    return (img[0::2, 0::2] + img[0::2, 1::2] + img[1::2, 0::2] + img[1::2, 1::2]) * 0.25
+    rows = img[0::2] + img[1::2]          # whole rows first: contiguous, the cheap pass
+    return (rows[:, 0::2] + rows[:, 1::2]) * 0.25
+
+
+def _binned_residual(data, bkg, b, by, bx):
+    """``_binned(data - map)`` at binned pixels ``(by, bx)``, non-finite pixels as 0."""
+    acc = np.zeros(len(by), np.float32)
+    for dy in range(b):
+        for dx in range(b):
+            iy, ix = by * b + dy, bx * b + dx
+            r = data[iy, ix].astype(np.float32) - bkg.at(iy, ix).astype(np.float32)
+            acc += np.where(np.isfinite(r), r, np.float32(0.0))
+    return acc / np.float32(b * b)
 
 
 def _smoothed(img, sigma):
@@ -188,15 +274,38 @@ def bright_sources(data, fwhm, *, n=40, nsigma=5.0, background=None, saturate=No
     -------
     x, y, flux : ndarray
         Brightest first; ``flux`` is the sum in the centroid window above the background.
+
+    Notes
+    -----
+    The sources are remembered by ``background`` (`Background.sources`): the same image
+    array asked again, for as many sources or fewer, gets the first ``n`` of the list
+    already found (the reference choice finds 300 on a frame that is then aligned with 80).
+    An image changed in place after a call needs a new `background_map`.
     """
     bkg = background if background is not None else background_map(data)
-    img = np.asarray(data, np.float32) - bkg.map32()
-    img[~np.isfinite(img)] = 0.0
-    ny, nx = img.shape
-    # peaks are looked for on a 2 x 2 binned image when the PSF is wide enough (4x cheaper);
-    # the centroids below are measured at full resolution
+    key = (float(fwhm), float(nsigma), None if saturate is None else float(saturate))
+    known = bkg.sources.get(key)
+    if known is not None and known[0] is data and known[1] >= n:
+        return tuple(v[:n].copy() for v in known[2:])
+    x, y, flux = _find_bright(data, fwhm, n, nsigma, bkg, saturate)
+    bkg.sources[key] = (data, n, x, y, flux)
+    return x, y, flux
+
+
+def _find_bright(data, fwhm, n, nsigma, bkg, saturate):
+    """`bright_sources`, found anew."""
+    data = np.asarray(data)
+    ny, nx = data.shape
+    # peaks are looked for on a 2 x 2 binned image when the PSF is wide enough (4x cheaper):
+    # the frame is binned first and the map subtracted at the binned pixels (the mean of a
+    # bilinear map over a block), so no full-resolution copy is made; the centroids below
+    # are measured at full resolution, on cutouts
     b = 2 if fwhm >= 3.0 and min(ny, nx) >= 64 else 1
-    small = _binned(img, b)
+    small = _binned(np.asarray(data, np.float32), b)
+    small = small - bkg.binned(b)
+    bad = ~np.isfinite(small)
+    if bad.any():  # a non-finite pixel counts as sky, as in the full-resolution residual
+        small[bad] = _binned_residual(data, bkg, b, *np.nonzero(bad))
     sig = max(fwhm / b / 2.3548, 0.5)
     smooth = _smoothed(small, sig)
     # the smoothed noise of white noise: rms / b / (2 sqrt(pi) sigma)
@@ -211,11 +320,15 @@ def bright_sources(data, fwhm, *, n=40, nsigma=5.0, background=None, saturate=No
     order = order[edge][: 3 * n]
     cx, cy = ix[order].astype(float), iy[order].astype(float)
     off = np.arange(-h, h + 1)
+    tot = np.zeros(len(cx))
+    jx = jy = np.zeros(0, int)
     for _ in range(3):
         jx = np.clip(np.rint(cx).astype(int), h, nx - 1 - h)
         jy = np.clip(np.rint(cy).astype(int), h, ny - 1 - h)
         px, py = jx[:, None] + off, jy[:, None] + off
-        w = np.maximum(img[py[:, :, None], px[:, None, :]], 0.0)
+        gy, gx = py[:, :, None], px[:, None, :]
+        w = data[gy, gx].astype(np.float32) - bkg.at(gy, gx).astype(np.float32)
+        w = np.maximum(np.where(np.isfinite(w), w, 0.0), 0.0)
         tot = np.maximum(w.sum(axis=(1, 2)), 1e-12)
         cx = np.einsum("nij,nj->n", w, px.astype(float)) / tot
         cy = np.einsum("nij,ni->n", w, py.astype(float)) / tot

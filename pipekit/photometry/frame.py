@@ -17,7 +17,12 @@ def _level(bkg, x, y):
     ok = np.isfinite(x) & np.isfinite(y)
     ix = np.clip(np.rint(np.where(ok, x, 0)).astype(int), 0, nx - 1)
     iy = np.clip(np.rint(np.where(ok, y, 0)).astype(int), 0, ny - 1)
-    return np.where(ok, bkg[iy, ix], 0.0)
+    return np.where(ok, _at(bkg, iy, ix), 0.0)
+
+
+def _at(bkg, iy, ix):
+    """A map (array, or `~pipekit.photometry.detection.Background`) at integer pixels."""
+    return bkg.at(iy, ix) if hasattr(bkg, "at") else bkg[iy, ix]
 
 #: Fewer usable annulus pixels than this flag a star ``SKY_POOR``.
 MIN_SKY_PIXELS = 20
@@ -48,8 +53,9 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
         Sky sigma clipping.
     edge_margin : float
         Stars whose centre is closer than this (pixels) to an edge are flagged ``EDGE``.
-    background : ndarray, optional
-        A smooth sky map of the frame (`pipekit.photometry.detection.background_map`):
+    background : Background or ndarray, optional
+        A smooth sky map of the frame (`pipekit.photometry.detection.background_map`, or
+        its ``map``; a `Background` is evaluated only at the pixels measured):
         the annulus then measures only what the map leaves, so a sky gradient neither
         biases the sky of a star whose annulus is cut by the edge nor inflates its scatter.
         ``sky`` is reported as the map plus that local residual.
@@ -81,9 +87,14 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
     data = np.ascontiguousarray(data)
     ny, nx = data.shape
     bkg = None
+    local = None   # a map subtracted where pixels are gathered (no full-frame copy)
     if background is not None:
-        bkg = np.asarray(background, float)
-        data = np.ascontiguousarray(data - bkg)
+        bkg = background
+        if hasattr(bkg, "at") and (not repair or np.isfinite(data).all()):
+            local = bkg
+        else:  # repairs write into the map-subtracted frame: make it
+            bkg = np.asarray(getattr(bkg, "map", bkg), float)
+            data = np.ascontiguousarray(data - bkg)
     pos = np.atleast_2d(np.asarray(positions, dtype=float)).reshape(-1, 2)
     x, y = pos[:, 0], pos[:, 1]
     n = len(x)
@@ -102,7 +113,7 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
     index = np.flatnonzero(on)
     n_filled = np.zeros(n, np.int64)
     filled_sum = np.zeros(n)
-    if repair and not np.isfinite(data).all():
+    if repair and local is None and not np.isfinite(data).all():
         level = 0.0
         if bkg is None:
             data = data.astype(float)          # a copy: the caller's frame stays as it was
@@ -115,13 +126,14 @@ def measure_frame(data, positions, radius, annulus_in, annulus_out, gain, rdnois
         k = index[start:start + chunk]
         sat, level = saturate, 0.0
         if bkg is not None:  # the map's level at each star: saturation and Poisson noise
-            level = bkg[np.clip(np.rint(y[k]).astype(int), 0, ny - 1),
-                        np.clip(np.rint(x[k]).astype(int), 0, nx - 1)]
+            level = _at(bkg, np.clip(np.rint(y[k]).astype(int), 0, ny - 1),
+                        np.clip(np.rint(x[k]).astype(int), 0, nx - 1))
             sat = None if saturate is None else saturate - level
-        s, a, f = aperture_sums(data, x[k], y[k], radius, sat)
+        s, a, f = aperture_sums(data, x[k], y[k], radius, sat, background=local)
         sums[k], area[k] = s, a
         flags[k] |= f
-        sk, ss, ns = annulus_sky(data, x[k], y[k], annulus_in, annulus_out, sigma, maxiters)
+        sk, ss, ns = annulus_sky(data, x[k], y[k], annulus_in, annulus_out, sigma, maxiters,
+                                 background=local)
         sk = sk + level
         sky[k], sky_std[k], n_sky[k] = sk, ss, ns
     if edge_margin > 0:

@@ -113,7 +113,7 @@ def field_depth(data, fwhm, radius, gain, rdnoise, saturate=None, background=Non
     if len(x) == 0:
         return 0, (x, y, f), bkg
     sums, area, flags = aperture_sums(np.ascontiguousarray(data), x, y, radius, saturate)
-    sky = bkg.map[np.rint(y).astype(int), np.rint(x).astype(int)]
+    sky = bkg.at(np.rint(y).astype(int), np.rint(x).astype(int))
     flux = sums - area * sky
     var = np.maximum(flux, 0) / gain + area * (np.maximum(sky, 0) / gain + (rdnoise / gain) ** 2)
     snr = np.where((flags == 0) & (flux > 0), flux / np.sqrt(np.maximum(var, 1e-12)), 0.0)

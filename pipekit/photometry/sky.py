@@ -7,7 +7,7 @@ import numpy as np
 __all__ = ["annulus_sky"]
 
 
-def annulus_sky(data, x, y, r_in, r_out, sigma=3.0, maxiters=10):
+def annulus_sky(data, x, y, r_in, r_out, sigma=3.0, maxiters=10, *, background=None):
     """Sigma-clipped median sky in circular annuli, for all positions at once.
 
     Annulus pixels (centres with ``r_in <= d < r_out``) are gathered into one row per star and
@@ -27,6 +27,9 @@ def annulus_sky(data, x, y, r_in, r_out, sigma=3.0, maxiters=10):
     sigma : float
         Clipping threshold in standard deviations.
     maxiters : int
+    background : Background, optional
+        A sky map (`pipekit.photometry.detection.background_map`) subtracted from the
+        annulus pixels, evaluated at those pixels only.
 
     Returns
     -------
@@ -51,6 +54,8 @@ def annulus_sky(data, x, y, r_in, r_out, sigma=3.0, maxiters=10):
     d = np.hypot(px - x[:, None], py - y[:, None])
     ok = (d >= r_in) & (d < r_out) & (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
     values = np.take(data, np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1)).astype(np.float64)
+    if background is not None:
+        values -= background.at(py, px)
     ok &= np.isfinite(values)
     values[~ok] = np.inf
     values.sort(axis=1)
