@@ -16,6 +16,7 @@ import numpy as np
 from .atomic import write_text_atomic
 from .errors import ConfigError, FrameError
 from .photometry import frame_photometry_path
+from .photometry.store import done_stamp
 
 __all__ = ["Calibration", "calibrate", "robust_mean", "frame_facts", "INSTRUMENTAL_ZEROPOINT",
            "FRAME_CACHE"]
@@ -113,11 +114,6 @@ def robust_mean(values, errors, clip=3.0, max_iter=10):
 
 # ---- per-frame facts -----------------------------------------------------------------
 
-def _stamp(path):
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
-
-
 def _frame_paths(red_dir):
     from .datasets import dataset_frames
     return {p.name: p for p in dataset_frames(red_dir, log_layout=True)}
@@ -166,14 +162,14 @@ def frame_facts(red_dir, names, paths=None, cache=None):
         path = paths.get(name)
         if path is None:
             continue
-        entry = cache.get(name)
-        if entry is None or entry.get("stamp") != _stamp(path):
+        entry, stamp = cache.get(name), done_stamp(path)
+        if entry is None or entry.get("stamp") != stamp:
             try:
                 info = read_frame_info(path)
             except (FrameError, OSError) as exc:
                 log.warning("%s: cannot read its header for calibration: %s", path, exc)
                 continue
-            entry = {"stamp": _stamp(path), "l1zp": info.l1zp, "l1zperr": info.l1zperr,
+            entry = {"stamp": stamp, "l1zp": info.l1zp, "l1zperr": info.l1zperr,
                      "mjd_mid": info.mjd_mid}
             cache[name] = entry
             changed = True
@@ -268,7 +264,7 @@ def _banzai(red_dir, config, tables, scale, scale_err, facts, paths):
         path = paths.get(name)
         if path is None:
             continue
-        stamp = _stamp(path)
+        stamp = done_stamp(path)
         if entry.get(key) is None or entry.get(key + ":stamp") != stamp:
             try:
                 result = _aperture_correction(path, frame_photometry_path(red_dir, name),

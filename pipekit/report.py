@@ -17,9 +17,11 @@ from urllib.parse import quote
 import numpy as np
 
 from .atomic import write_text_atomic
+from .checkpoint import CHECKPOINT_NAME
 from .combined import read_dataset_curve, write_combined
 from .lco import distinct_slug, slug
 from .quality import without_paths as _public
+from .worker import last_line
 
 __all__ = ["write_report", "refresh_report", "DatasetRow", "REPORT_HTML", "REPORT_DIR"]
 
@@ -62,7 +64,7 @@ def _status(red_dir):
 
     if is_dataset_locked(red_dir):
         return "running", ""
-    checkpoint = Path(red_dir) / "logs" / "pipeline.p"
+    checkpoint = Path(red_dir) / "logs" / CHECKPOINT_NAME
     if not checkpoint.is_file():
         return "not run", ""
     try:
@@ -71,8 +73,7 @@ def _status(red_dir):
         return "unknown", f"checkpoint unreadable: {type(exc).__name__}: {exc}"
     error = ""
     if pipe.failed_step:
-        text = (pipe.step(pipe.failed_step).error or "").strip().splitlines()
-        error = f"{pipe.failed_step}: {text[-1] if text else 'failed'}"
+        error = f"{pipe.failed_step}: {last_line(pipe.step(pipe.failed_step).error) or 'failed'}"
     return str(pipe.status), error
 
 
@@ -91,10 +92,9 @@ def _dataset_row(red_dir, root):
     if curve.table is not None:
         row.rejected = dict(curve.table.meta.get("rejected_frames") or {})
         row.files["ECSV"] = curve.ecsv
-        for name, pattern in (("CSV", "*_lc.csv"),):
-            found = sorted(red_dir.glob(pattern))
-            if found:
-                row.files[name] = found[-1]
+        csv = curve.ecsv.with_suffix(".csv")  # written beside it (lightcurve_paths)
+        if csv.is_file():
+            row.files["CSV"] = csv
     for name in ("lightcurve.png", "quality.png"):
         if (red_dir / name).is_file():
             row.files[name] = red_dir / name
