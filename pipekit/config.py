@@ -170,6 +170,10 @@ class PhotometryConfig:
         Distance within which a transformed reference star matches a detected one.
     cosmic_ray_sigma : float
         Noise threshold of the cosmic-ray test in the apertures; 0 turns it off.
+    processes : int or None
+        Processes that read and measure frames at once (`pipekit.photometry.workers`);
+        None: one per CPU core available (at most 4), and 1 inside a Manager or Dask
+        worker. Results do not depend on it.
     extra : dict
         Keys pipekit does not know (warned about, kept here).
     """
@@ -193,6 +197,7 @@ class PhotometryConfig:
     align_max_rotation_deg: float = field(default=3.0, metadata=yaml_key(minimum=0))
     align_tolerance_arcsec: float = field(default=0.8, metadata=yaml_key(minimum=0.01))
     cosmic_ray_sigma: float = field(default=6.0, metadata=yaml_key(minimum=0))
+    processes: int | None = field(default=None, metadata=yaml_key(minimum=1))
     extra: dict = field(default_factory=dict, metadata={"extra": True})
 
 

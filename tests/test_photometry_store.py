@@ -10,7 +10,6 @@ from astropy.table import Table
 
 from pipekit.photometry import measure_dataset
 from pipekit.photometry.detection import _local_maxima, _smoothed
-from pipekit.photometry.reading import FrameCache, read_ahead
 from pipekit.photometry.store import SUMMARY_NAME, FrameSummary, ecsv_text
 from pipekit.photometry.times import bjd_tdb, bjd_tdb_many
 from pipekit.testing.simulate import simulate_dataset
@@ -102,25 +101,6 @@ def small_dataset(tmp_path):
     return red, truth
 
 
-def test_read_ahead_gives_every_frame_in_order_cache_first_and_errors_per_frame(small_dataset):
-    red, truth = small_dataset
-    files = list(truth.files)
-    (red / "broken.fits").write_bytes(b"not fits")
-    paths = files[:2] + [red / "broken.fits"] + files[2:]
-    from pipekit.frames import read_frame
-
-    cache = FrameCache()
-    kept = read_frame(files[3])
-    assert cache.offer(files[3], kept)
-    got = list(read_ahead(paths, cache))
-    assert [g[0] for g in got] == paths
-    assert got[2][1] is None and "not a readable FITS file" in str(got[2][3])
-    assert got[4][1] is kept                      # from the cache, not read again
-    assert all(g[1] is not None for i, g in enumerate(got) if i != 2)
-    assert files[3] not in cache and cache.used == 0
-    assert not FrameCache(budget=10).offer(files[0], kept)  # over the budget: not kept
-
-
 def test_light_curve_rebuild_reads_only_new_per_frame_files(small_dataset, monkeypatch):
     from pipekit.lightcurve import build_lightcurve
     from pipekit.photometry import store
@@ -187,16 +167,3 @@ def test_fast_ecsv_writes_plain_words_itself_and_quotes_through_astropy():
     assert list(back["frame"]) == ["a b", 'say "x"', "nan"]
 
 
-def test_read_ahead_leaves_the_warnings_filters_as_they_were(small_dataset):
-    import warnings
-    from contextlib import closing
-
-    _, truth = small_dataset
-    before = list(warnings.filters)
-    with closing(read_ahead(truth.files)) as reader:
-        got = [frame for _, frame, _, _ in reader]
-    assert warnings.filters == before
-    assert len(got) == len(truth.files) and all(f is not None for f in got)
-    with closing(read_ahead(truth.files)) as reader:   # closed half-way
-        next(reader)
-    assert warnings.filters == before

@@ -1,9 +1,10 @@
 """The dataset driver: measure every frame of a dataset folder, one resumable file per frame.
 
-Field stars are detected once on a reference frame; each frame is then read (once, the
-next one ahead in a thread), its stars placed through its own WCS and measured with
-`measure_frame`, and its table written to ``<red_dir>/photometry/<frame>.ecsv`` (groups of
-up to `WRITE_GROUP` frames, their BJD_TDB in one call). Frames that cannot be measured are
+Field stars are detected once on a reference frame; each frame is then read once, its
+stars placed through its own WCS and measured with `measure_frame` (in worker processes
+when there are cores for them: `pipekit.photometry.workers`), and its table written by
+this process to ``<red_dir>/photometry/<frame>.ecsv`` (groups of up to `WRITE_GROUP`
+frames, their BJD_TDB in one call). Frames that cannot be measured are
 listed, with their reasons, in ``rejected_frames.json``. Every file is written atomically;
 `invalidate_frame` marks one frame's photometry stale (a reprocessed frame).
 """
@@ -28,13 +29,13 @@ from .frame import measure_frame
 from .reference import (check_pixels, frame_fwhm_px, frame_settings_hash, named_reference_frame,
                         select_reference_stars, settings_px, star_list_hash)
 from .sky import annulus_sky
-from .reading import FrameCache, read_ahead
 from .store import FrameSummary, done_stamp, ecsv_text
 from .times import bjd_tdb, bjd_tdb_many
+from .workers import frame_pool
 
 __all__ = ["REFERENCE_STARS", "REJECTED_FRAMES", "DatasetPhotometry", "measure_dataset",
-           "measure_frame_file", "load_dataset_config", "write_ecsv", "invalidate_frame",
-           "frame_photometry_path"]
+           "measure_frame_file", "measure_frame_data", "load_dataset_config", "write_ecsv",
+           "invalidate_frame", "frame_photometry_path", "bright_rows"]
 
 log = logging.getLogger("pipekit.photometry")
 
@@ -109,19 +110,18 @@ def write_ecsv(table, path):
     return write_text_atomic(path, ecsv_text(table))
 
 
-def _reference_stars(frames, phot_dir, config, rejected, keep=None):
-    """The dataset's star list: from disk when made with today's settings, else anew."""
+def _stored_reference_stars(phot_dir, config):
+    """The star list on disk when it was made with today's settings, else None."""
     from astropy.table import Table
 
     path = phot_dir / REFERENCE_STARS
-    if path.exists():
-        stars = Table.read(path, format="ascii.ecsv")
-        if stars.meta.get("settings_hash") == star_list_hash(config):
-            return stars
-        log.info("%s: star-list settings changed; choosing the reference frame again", path)
-    stars = select_reference_stars(frames, config, rejected, phot_dir.parent, keep=keep)
-    write_ecsv(stars, path)
-    return stars
+    if not path.exists():
+        return None
+    stars = Table.read(path, format="ascii.ecsv")
+    if stars.meta.get("settings_hash") == star_list_hash(config):
+        return stars
+    log.info("%s: star-list settings changed; choosing the reference frame again", path)
+    return None
 
 
 def _done_with(path, settings_hash, summary=None):
@@ -351,8 +351,9 @@ def measure_dataset(red_dir, config=None):
     star 0); every frame places them through its own WCS, refined by a common centroid
     shift, and gets ``<red_dir>/photometry/<frame>.ecsv`` written atomically, in groups of
     up to `WRITE_GROUP` frames whose BJD_TDB are computed in one call. Frames are read
-    once (those the reference choice read are kept in memory, `FrameCache`) and one ahead
-    in a thread (`read_ahead`). A frame that cannot be measured (corrupt, no WCS, missing
+    once (those the reference choice read are kept in memory, `FrameCache`), in worker
+    processes when ``photometry.processes`` allows (`pipekit.photometry.workers`); this
+    process writes every file. A frame that cannot be measured (corrupt, no WCS, missing
     keys) is listed with its reason in ``rejected_frames.json`` and the others go on.
 
     Parameters
@@ -398,12 +399,6 @@ def measure_dataset(red_dir, config=None):
                                 f"suffixes); measured once, from {first.name}")
             log.warning("%s", rejected[f.name])
     frames = list(by_stem.values())
-    keep = FrameCache()
-    try:
-        stars = _reference_stars(frames, phot_dir, config, rejected, keep)
-    except PipekitError:
-        _write_rejected(phot_dir, rejected)
-        raise
     # a frame is done when its file was made with today's settings (Luigi's task identity)
     digest = frame_settings_hash(config)
     summary = FrameSummary(phot_dir)
@@ -413,13 +408,19 @@ def measure_dataset(red_dir, config=None):
             result.skipped.append(f.name)
         else:
             todo.append(f)
-    result.reference_frame = stars.meta.get("reference_frame")
-    result.n_stars = len(stars)
-    if todo:
-        # frames the reference choice kept in memory first, the rest read one ahead
-        todo.sort(key=lambda f: f not in keep)
-        _measure_frames(todo, stars, config, red_dir, rejected, result, keep)
-    keep.clear()
+    stars = _stored_reference_stars(phot_dir, config)
+    with frame_pool(config, len(frames) if stars is None else len(todo)) as pool:
+        if stars is None:
+            try:
+                stars = select_reference_stars(frames, config, rejected, red_dir, pool)
+            except PipekitError:
+                _write_rejected(phot_dir, rejected)
+                raise
+            write_ecsv(stars, phot_dir / REFERENCE_STARS)
+        result.reference_frame = stars.meta.get("reference_frame")
+        result.n_stars = len(stars)
+        if todo:
+            _measure_frames(todo, stars, config, red_dir, rejected, result, pool)
     result.rejected = rejected
     _write_rejected(phot_dir, rejected)
     log.info("%s: %d frames measured, %d already done, %d rejected", red_dir,
@@ -427,17 +428,16 @@ def measure_dataset(red_dir, config=None):
     return result
 
 
-def _bright_rows(stars):
-    """Rows of the (at most 50) brightest field stars, for alignment."""
+def bright_rows(stars):
+    """Rows of the (at most 50) brightest field stars of a star list, for alignment."""
     flux_ref = np.asarray(stars["flux_ref"], float)
     order = np.argsort(np.where(np.isfinite(flux_ref), -flux_ref, np.inf))
     bright = order[: min(50, max(len(stars) - 1, 0))]
     return bright[bright != 0]
 
 
-def _measure_frames(todo, stars, config, red_dir, rejected, result, keep):
-    """Measure ``todo`` in order; write each group's files once its BJD_TDB are known."""
-    bright = _bright_rows(stars)
+def _measure_frames(todo, stars, config, red_dir, rejected, result, pool):
+    """Measure ``todo`` in ``pool``; write each group's files once its BJD_TDB are known."""
     batch = []
 
     def flush():
@@ -461,31 +461,39 @@ def _measure_frames(todo, stars, config, red_dir, rejected, result, keep):
             result.measured.append(f.name)
         batch.clear()
 
+    pool.broadcast("use_stars", stars)
+    if pool.processes > 1:
+        log.info("%s: measuring %d frames in %d processes", red_dir, len(todo), pool.processes)
+    todo = sorted(todo, key=lambda f: not pool.holds(f))  # frames kept in memory first
     try:
-        with closing(read_ahead(todo, keep)) as frames:
-            _measure_each(frames, stars, config, bright, rejected, batch, flush)
+        with closing(pool.run_ordered("measure", todo)) as results:
+            for f, value, error in results:
+                if error is None:
+                    batch.append((f, *value))
+                    if len(batch) >= WRITE_GROUP:
+                        flush()
+                else:
+                    _reject(f, error, rejected)
     finally:
         flush()
 
 
-def _measure_each(frames, stars, config, bright, rejected, batch, flush):
-    """The loop of `_measure_frames`: measure each frame read, flush every group."""
-    for f, frame, bkg, error in frames:
-        try:
-            if error is not None:
-                raise error
-            table, info = measure_frame_data(frame, f, stars, config, bright, bkg)
-        except (FrameError, PipekitError) as exc:
-            rejected[f.name] = str(exc)
-            log.warning("rejected %s: %s", f.name, exc)
-        except Exception as exc:  # one bad frame never stops the others (BANZAI's habit)
-            rejected[f.name] = f"{f}: unexpected {type(exc).__name__} while measuring: {exc}"
-            log.exception("rejected %s", f.name)
-        else:
-            batch.append((f, table, info))
-            if len(batch) >= WRITE_GROUP:
-                flush()
-        del frame, bkg
+def _reject(f, error, rejected):
+    """Record why frame ``f`` was not measured; an unexpected error with its traceback."""
+    from .workers import RemoteError
+
+    if isinstance(error, (FrameError, PipekitError)) and not isinstance(error, RemoteError):
+        rejected[f.name] = str(error)
+        log.warning("rejected %s: %s", f.name, error)
+        return
+    name = getattr(error, "type_name", None) or type(error).__name__
+    # one bad frame never stops the others (BANZAI's habit)
+    rejected[f.name] = f"{f}: unexpected {name} while measuring: {error}"
+    remote = getattr(error, "remote_traceback", "")
+    if remote:
+        log.error("rejected %s\n%s", f.name, remote)
+    else:
+        log.error("rejected %s", f.name, exc_info=error)
 
 
 def _write_rejected(phot_dir, rejected):

@@ -20,10 +20,10 @@ from ..errors import ConfigError, FrameError, PipekitError
 from .alignment import centroid_shift, match_stars
 from .apertures import aperture_sums
 from .detection import background_map, bright_sources, detect_stars
-from .reading import read_ahead
 
 __all__ = ["settings_px", "frame_fwhm_px", "check_pixels", "star_list_hash",
-           "frame_settings_hash", "field_depth", "select_reference_stars", "DEPTH_CANDIDATES"]
+           "frame_settings_hash", "field_depth", "select_reference_stars", "DEPTH_CANDIDATES",
+           "Candidate", "TargetOffFrame", "examine_candidate", "reference_star_list"]
 
 log = logging.getLogger("pipekit.photometry")
 
@@ -121,13 +121,22 @@ def field_depth(data, fwhm, radius, gain, rdnoise, saturate=None, background=Non
 
 
 @dataclass
-class _Candidate:
+class Candidate:
+    """A frame examined as the reference frame: its depth and what matching needs.
+
+    Small enough to travel between processes (no pixels).
+    """
+
     path: object
     info: object
     wcs: object
     depth: float
     sources: tuple
     fwhm: float
+
+
+class TargetOffFrame(FrameError):
+    """The target falls outside a frame: it cannot be the reference frame."""
 
 
 def _header_ranked(frames, rejected):
@@ -150,7 +159,45 @@ def _header_ranked(frames, rejected):
     return [f for *_, f in sorted(ranked, key=lambda r: r[:2])], pointing_only
 
 
-def select_reference_stars(frames, config, rejected, red_dir, keep=None):
+def examine_candidate(path, frame, config):
+    """Measure the depth of one frame as a candidate reference frame.
+
+    Parameters
+    ----------
+    path : Path
+    frame : pipekit.frames.Frame
+    config : pipekit.config.ReductionConfig
+
+    Returns
+    -------
+    candidate : Candidate
+    background : Background
+        The frame's background map (to keep with the frame).
+
+    Raises
+    ------
+    TargetOffFrame
+        When the target falls outside the frame.
+    FrameError
+        When the frame has no usable WCS, header problems or mostly non-finite pixels.
+    """
+    info = frame.info
+    if frame.wcs is None or info.problems:
+        raise FrameError(f"{path}: " + ("; ".join(info.problems) or "no celestial WCS"))
+    check_pixels(frame.data, path)
+    tx, ty = frame.wcs.all_world2pix([config.target.ra], [config.target.dec], 0)
+    ny, nx = frame.data.shape
+    if not (0 <= tx[0] <= nx - 1 and 0 <= ty[0] <= ny - 1):
+        raise TargetOffFrame(f"{path}: {_target_position(config)} falls outside this frame "
+                             f"(at pixel x={tx[0]:.0f}, y={ty[0]:.0f} of {nx} x {ny})")
+    s = settings_px(config, info.pixscale)
+    fwhm = frame_fwhm_px(frame.header, info.pixscale) or 2.0 / info.pixscale
+    depth, sources, bkg = field_depth(frame.data, fwhm, s["radius"], info.gain,
+                                      info.rdnoise, info.saturate)
+    return Candidate(path, info, frame.wcs, depth, sources, fwhm), bkg
+
+
+def select_reference_stars(frames, config, rejected, red_dir, pool=None):
     """Choose the reference frame and detect the dataset's field stars on it.
 
     Parameters
@@ -161,9 +208,10 @@ def select_reference_stars(frames, config, rejected, red_dir, keep=None):
         Frame name -> reason; unreadable frames are added.
     red_dir : Path
         The dataset folder (for messages).
-    keep : FrameCache, optional
-        Frames read here (and their background maps) are offered to it, so that the
-        measuring pass does not read them again.
+    pool : pipekit.photometry.workers.InlinePool or ProcessPool, optional
+        Where frames are read and examined (default: in this process). The frames read
+        stay in the pool's memory (with their background maps), so that the measuring
+        pass does not read them again.
 
     Returns
     -------
@@ -178,20 +226,31 @@ def select_reference_stars(frames, config, rejected, red_dir, keep=None):
         No usable reference frame; the target outside every frame; fewer than
         ``min_field_stars`` stars detected (after a WARNING naming the count and frame).
     """
-    from astropy.table import Table
+    from .workers import InlinePool
 
-    from ..frames import read_frame
-
-    p = config.photometry
-    wanted = p.reference_frame
+    if pool is None:
+        with InlinePool(config) as own:
+            return select_reference_stars(frames, config, rejected, red_dir, own)
+    wanted = config.photometry.reference_frame
     pointing_only = {}
     if wanted:
         order = [named_reference_frame(frames, config, red_dir)]
     else:
         order, pointing_only = _header_ranked(frames, rejected)
     target_off, cands = {}, []
-    with closing(read_ahead(order)) as reader:  # the next one read while this one is measured
-        _candidates(reader, config, rejected, target_off, cands, keep)
+    with closing(pool.run_ordered("examine", order)) as results:
+        for f, cand, error in results:
+            if isinstance(error, TargetOffFrame):
+                log.warning("%s: target off this frame; not used as the reference frame", f.name)
+                target_off[f.name] = str(error)
+            elif isinstance(error, FrameError):
+                rejected[f.name] = str(error)
+            elif error is not None:
+                raise error
+            else:
+                cands.append(cand)
+                if len(cands) >= DEPTH_CANDIDATES:
+                    break
     if not cands:
         _raise_no_reference(frames, order, rejected, target_off, pointing_only, config, red_dir)
     best = max(cands, key=lambda c: c.depth)
@@ -199,11 +258,40 @@ def select_reference_stars(frames, config, rejected, red_dir, keep=None):
            f"S/N > 10 (others {', '.join(str(c.depth) for c in cands if c is not best) or 'none'})")
     if wanted:
         why = "photometry.reference_frame"
-    cached = keep.get(best.path) if keep is not None else None
-    frame = cached[0] if cached else read_frame(best.path)
+    stars = pool.call("reference_stars", best.path, best, cands, why)
+    log.info("%s: %d field stars on %s (%s); target %s", red_dir, len(stars) - 1,
+             best.path.name, why, stars.meta["target_position"])
+    return stars
+
+
+def reference_star_list(frame, background, best, cands, config, why):
+    """The field-star list detected on the chosen reference frame (`select_reference_stars`).
+
+    Parameters
+    ----------
+    frame : pipekit.frames.Frame
+        The reference frame.
+    background : Background or None
+        Its background map, when already made.
+    best : Candidate
+        The reference frame's candidate entry.
+    cands : list of Candidate
+        Every frame examined (their WCS and star patterns place the target).
+    config : pipekit.config.ReductionConfig
+    why : str
+        Why this frame was chosen (kept in the list's ``meta``).
+
+    Returns
+    -------
+    astropy.table.Table
+        See `select_reference_stars`.
+    """
+    from astropy.table import Table
+
+    p = config.photometry
     info, data = frame.info, frame.data
     s = settings_px(config, info.pixscale)
-    bkg = cached[1] if cached and cached[1] is not None else background_map(data)
+    bkg = background if background is not None else background_map(data)
     tx, ty, how = _target_on_reference(frame, best, cands, config, s, bkg)
     found = detect_stars(data, best.fwhm, p.detection_sigma, max_stars=4 * p.max_field_stars,
                          saturate=info.saturate, border=s["annulus_out"],
@@ -229,41 +317,7 @@ def select_reference_stars(frames, config, rejected, red_dir, keep=None):
                   "target_position": how, "detection_sigma": float(p.detection_sigma),
                   "sky_level": bkg.level, "sky_gradient": bkg.gradient,
                   "settings_hash": star_list_hash(config)}
-    log.info("%s: %d field stars on %s (%s); target %s", red_dir, n, best.path.name, why, how)
     return stars
-
-
-def _candidates(reader, config, rejected, target_off, cands, keep):
-    """Measure the depth of frames from ``reader`` until `DEPTH_CANDIDATES` are found."""
-    for f, frame, _, error in reader:
-        try:
-            if error is not None:
-                raise error
-            if keep is not None:
-                keep.offer(f, frame)
-            info = frame.info
-            if frame.wcs is None or info.problems:
-                raise FrameError(f"{f}: " + ("; ".join(info.problems) or "no celestial WCS"))
-            check_pixels(frame.data, f)
-        except FrameError as exc:
-            rejected[f.name] = str(exc)
-            continue
-        tx, ty = frame.wcs.all_world2pix([config.target.ra], [config.target.dec], 0)
-        ny, nx = frame.data.shape
-        if not (0 <= tx[0] <= nx - 1 and 0 <= ty[0] <= ny - 1):
-            log.warning("%s: target off this frame; not used as the reference frame", f.name)
-            target_off[f.name] = (f"{f}: {_target_position(config)} falls outside this frame "
-                                  f"(at pixel x={tx[0]:.0f}, y={ty[0]:.0f} of {nx} x {ny})")
-            continue
-        s = settings_px(config, info.pixscale)
-        fwhm = frame_fwhm_px(frame.header, info.pixscale) or 2.0 / info.pixscale
-        depth, sources, bkg = field_depth(frame.data, fwhm, s["radius"], info.gain,
-                                          info.rdnoise, info.saturate)
-        if keep is not None:
-            keep.offer_background(f, bkg)
-        cands.append(_Candidate(f, info, frame.wcs, depth, sources, fwhm))
-        if len(cands) >= DEPTH_CANDIDATES:
-            break
 
 
 def _target_on_reference(frame, best, cands, config, s, bkg):
@@ -300,20 +354,28 @@ def _target_on_reference(frame, best, cands, config, s, bkg):
     # how far to look: three times the uncertainty of that median, from the opinions' spread
     spread = 1.4826 * np.median(np.hypot(np.subtract(ex, sx), np.subtract(ey, sy)))
     search = float(min(max(win, 3 * 1.25 * spread / np.sqrt(len(ex))), s["max_shift"]))
-    flat = np.ascontiguousarray(frame.data - bkg.map)  # no gradient to pull the centroid
-    ny, nx = flat.shape
+    ny, nx = frame.data.shape
     if win > 0 and win < sx < nx - 1 - win and win < sy < ny - 1 - win:
-        sky = float(bkg.map[int(round(sy)), int(round(sx))])
+        sky = float(bkg.at(int(round(sy)), int(round(sx))))
         cx, cy, k = sx, sy, 0
         px, py, _ = bright_sources(frame.data, best.fwhm, n=300, background=bkg,
                                    saturate=frame.info.saturate)
         d = np.hypot(px - sx, py - sy)
         if len(d) and d.min() <= search:  # start from the nearest source in reach
             cx, cy = float(px[np.argmin(d)]), float(py[np.argmin(d)])
+        # the map subtracted (no gradient to pull the centroid) where the centroid can go:
+        # within the search, two centroid steps of at most ``win`` and an aperture
+        half = int(np.ceil(search + 2 * win + s["radius"])) + 3
+        x0, y0 = max(int(sx) - half, 0), max(int(sy) - half, 0)
+        x1, y1 = min(int(sx) + half + 1, nx), min(int(sy) + half + 1, ny)
+        flat = np.ascontiguousarray(frame.data[y0:y1, x0:x1]
+                                    - bkg.sampled(np.arange(y0, y1), np.arange(x0, x1)))
+        cx, cy = cx - x0, cy - y0
         for _ in range(2):  # twice: a start a few pixels off converges
             dx, dy, k = centroid_shift(flat, [cx], [cy], win, np.zeros(1), max_shift=win)
             cx, cy = cx + dx, cy + dy
         sums, area, _ = aperture_sums(flat, [cx], [cy], s["radius"])
+        cx, cy = cx + x0, cy + y0
         gain, rdnoise = frame.info.gain, frame.info.rdnoise
         flux = float(sums[0])
         noise = float(np.sqrt(max(flux, 0) / gain + area[0] * (max(sky, 0) / gain

@@ -1,0 +1,210 @@
+"""Frames read and measured in worker processes (`pipekit.photometry.workers`): the same
+results as in one process, errors per frame, a dying worker, an interrupted parent."""
+
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from pipekit.config import load_reduction_config, write_reduction_config
+from pipekit.frames import read_frame
+from pipekit.photometry import measure_dataset, workers
+from pipekit.photometry.reading import FrameCache
+from pipekit.photometry.workers import InlinePool, ProcessPool, photometry_processes
+from pipekit.testing.simulate import simulate_dataset
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="worker processes are forked on Linux only")
+
+
+def _dataset(root, name="T", n_frames=7, seed=5):
+    red = root / name / "sinistro" / "ip"
+    truth = simulate_dataset(red, n_frames=n_frames, shape=(256, 256), n_stars=40, seed=seed)
+    write_reduction_config(red / "reduction_config.yaml", truth.meta["target"],
+                           truth.meta["ra"], truth.meta["dec"])
+    return red, truth
+
+
+def _config(red, processes):
+    config = load_reduction_config(red / "reduction_config.yaml")
+    config.photometry.processes = processes
+    return config
+
+
+def _tables(red):
+    return {p.name: Table.read(p, format="ascii.ecsv")
+            for p in sorted((red / "photometry").glob("*.ecsv"))}
+
+
+def test_two_processes_give_the_same_files_as_one(tmp_path):
+    one, truth = _dataset(tmp_path / "one")
+    two, _ = _dataset(tmp_path / "two")
+    for red in (one, two):  # a frame that is not FITS, one without a WCS
+        (red / "broken.fits").write_bytes(b"not fits")
+    nowcs = read_frame(truth.files[1])
+    from astropy.io import fits
+    header = nowcs.header.copy()
+    for key in ("CTYPE1", "CTYPE2"):
+        del header[key]
+    for red in (one, two):
+        fits.writeto(red / "nowcs.fits", nowcs.data, header)
+
+    r1 = measure_dataset(one, _config(one, 1))
+    r2 = measure_dataset(two, _config(two, 2))
+    assert sorted(r1.measured) == sorted(r2.measured) and len(r1.measured) == 7
+    assert r1.reference_frame == r2.reference_frame
+    assert set(r1.rejected) == set(r2.rejected) == {"broken.fits", "nowcs.fits"}
+    assert [v.replace(str(one), "") for _, v in sorted(r1.rejected.items())] == \
+        [v.replace(str(two), "") for _, v in sorted(r2.rejected.items())]
+    t1, t2 = _tables(one), _tables(two)
+    assert t1.keys() == t2.keys() and len(t1) == 8  # 7 frames and the star list
+    for name in t1:
+        assert t1[name].colnames == t2[name].colnames
+        for col in t1[name].colnames:
+            a, b = np.asarray(t1[name][col]), np.asarray(t2[name][col])
+            if a.dtype.kind == "f":
+                np.testing.assert_array_equal(a, b, err_msg=f"{name}: {col}")
+            else:
+                assert list(a) == list(b), f"{name}: {col}"
+        meta1 = {k: v for k, v in t1[name].meta.items() if k != "frame"}
+        assert meta1 == {k: v for k, v in t2[name].meta.items() if k != "frame"}
+
+
+def test_run_ordered_yields_in_order_with_errors_per_frame_and_keeps_frames_where_read(tmp_path):
+    red, truth = _dataset(tmp_path, n_frames=5)
+    (red / "broken.fits").write_bytes(b"not fits")
+    files = list(truth.files)
+    paths = files[:2] + [red / "broken.fits"] + files[2:]
+    config = _config(red, 2)
+    with ProcessPool(config, 2) as pool:
+        got = list(pool.run_ordered("examine", paths))
+        assert [g[0] for g in got] == paths
+        assert got[2][1] is None and "not a readable FITS file" in str(got[2][2])
+        cands = [g[1] for i, g in enumerate(got) if i != 2]
+        assert all(c is not None and c.depth > 0 for c in cands)
+        assert all(pool.holds(f) for f in files)       # each kept by the worker that read it
+        best = max(cands, key=lambda c: c.depth)
+        stars = pool.call("reference_stars", best.path, best, cands, "test")
+        pool.broadcast("use_stars", stars)
+        measured = list(pool.run_ordered("measure", files))
+        assert [m[0] for m in measured] == files
+        assert [m[2] for m in measured] == [None] * len(files)
+        assert not any(pool.holds(f) for f in files)   # measured: no longer kept
+    with InlinePool(config) as inline:
+        same = list(inline.run_ordered("examine", paths))
+    assert [c.depth for c in cands] == [g[1].depth for i, g in enumerate(same) if i != 2]
+    kept = read_frame(files[0])
+    assert not FrameCache(budget=10).offer(files[0], kept)  # over the budget: not kept
+
+
+def test_a_frame_that_kills_its_worker_is_rejected_and_the_others_measured(tmp_path,
+                                                                           monkeypatch, caplog):
+    red, truth = _dataset(tmp_path)
+    deadly, once = truth.files[2].name, truth.files[4].name
+    parent = os.getpid()
+    measure = workers.FrameWork.measure
+    marker = tmp_path / "died-once"
+
+    def crashing(self, path):
+        if os.getpid() != parent and path.name == deadly:
+            os.kill(os.getpid(), signal.SIGKILL)   # as a crash in a decompression library
+        if os.getpid() != parent and path.name == once and not marker.exists():
+            marker.write_text("x")
+            os.kill(os.getpid(), signal.SIGKILL)   # as the out-of-memory killer, once
+        return measure(self, path)
+
+    monkeypatch.setattr(workers.FrameWork, "measure", crashing)
+    caplog.set_level(logging.WARNING, "pipekit.photometry")
+    result = measure_dataset(red, _config(red, 2))
+    assert set(result.rejected) == {deadly}
+    assert "died 2 times (killed by signal 9 (SIGKILL))" in result.rejected[deadly]
+    assert once in result.measured and len(result.measured) == 6
+    assert f"{once}: the worker process measuring it died (killed by signal 9 (SIGKILL)); " \
+        "trying it again" in caplog.text
+    assert multiprocessing.active_children() == []
+
+
+def test_worker_logs_and_errors_reach_this_process(tmp_path, caplog):
+    red, _ = _dataset(tmp_path)
+    config = _config(red, 2)
+    config.photometry.min_field_stars = 500      # more than the field has
+    caplog.set_level(logging.WARNING, "pipekit.photometry")
+    from pipekit.errors import PipekitError
+    with pytest.raises(PipekitError, match=r"only \d+ field stars detected on the reference "
+                                           r"frame .*min_field_stars = 500"):
+        measure_dataset(red, config)
+    warned = [r for r in caplog.records if "field stars detected" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert warned[0].process == os.getpid()      # logged here, from the worker's record
+    assert multiprocessing.active_children() == []
+
+
+def test_an_interrupted_measuring_pass_leaves_no_worker_behind(tmp_path, monkeypatch):
+    from pipekit.photometry import dataset
+
+    red, _ = _dataset(tmp_path)
+    calls = []
+
+    def interrupted(table, path):
+        calls.append(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dataset, "write_ecsv", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        measure_dataset(red, _config(red, 2))
+    assert calls and multiprocessing.active_children() == []
+
+
+def test_workers_die_with_a_killed_parent(tmp_path):
+    red, _ = _dataset(tmp_path, n_frames=3)
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from pipekit.config import load_reduction_config
+        from pipekit.photometry.workers import ProcessPool
+        pool = ProcessPool(load_reduction_config(Path({str(red)!r}) / "reduction_config.yaml"), 2)
+        print(" ".join(str(w.process.pid) for w in pool._workers), flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    proc.kill()
+    proc.wait(10)
+    proc.stdout.close()
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in pids if _alive(p)]
+    assert alive == [], "worker processes outlived their SIGKILLed parent"
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_how_many_processes(tmp_path, monkeypatch):
+    red, _ = _dataset(tmp_path, n_frames=2)
+    config = _config(red, None)
+    cores = len(os.sched_getaffinity(0))
+    assert photometry_processes(config, 100) == min(cores, workers.MAX_AUTO_PROCESSES)
+    assert photometry_processes(config, 1) == 1
+    config.photometry.processes = 3
+    assert photometry_processes(config, 100) == 3
+    assert photometry_processes(config, 2) == 2
+    monkeypatch.setattr(multiprocessing.current_process(), "_config",
+                        dict(multiprocessing.current_process()._config, daemon=True))
+    assert photometry_processes(config, 100) == 1   # a Manager or Dask worker
