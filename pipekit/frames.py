@@ -543,17 +543,10 @@ def read_frame(path):
     ((4096, 4096), 'ip', [])
     """
     with _astropy_quirk_warnings_silenced():
-        return read_frame_unsilenced(path)
+        return _read_frame(path)
 
 
-def read_frame_unsilenced(path):
-    """`read_frame` without touching the warnings filters, for a reader thread.
-
-    ``warnings.catch_warnings`` changes process-wide state, so two threads using it at
-    once can lose or leak each other's filters: a thread reading frames calls this, while
-    the thread that started it holds ``_astropy_quirk_warnings_silenced()`` around the
-    whole reading (`pipekit.photometry.reading.read_ahead`).
-    """
+def _read_frame(path):
     hdul = _open(path)
     try:
         with hdul:

@@ -6,7 +6,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["detect_stars", "Background", "background_map", "bright_sources"]
+__all__ = ["detect_stars", "Background", "background_map", "bright_sources", "detection_image",
+           "detection_bands", "dao_sources", "select_stars"]
 
 
 class Background:
@@ -371,11 +372,26 @@ def detect_stars(data, fwhm, threshold_sigma=5.0, *, max_stars=200, saturate=Non
     astropy.table.Table
         ``x, y, flux, peak`` sorted brightest first (0-based positions).
     """
+    resid, threshold, peak_max = detection_image(data, threshold_sigma, saturate=saturate,
+                                                 background=background)
+    found = dao_sources(resid, fwhm, threshold, peak_max)
+    return select_stars(found, np.shape(data), fwhm, max_stars=max_stars, border=border,
+                        min_separation=min_separation)
+
+
+def detection_image(data, threshold_sigma, *, saturate=None, background=None):
+    """The image `detect_stars` searches, and its thresholds.
+
+    Returns
+    -------
+    resid : ndarray
+        float32, the background map subtracted, non-finite pixels set to 0.
+    threshold : float
+        ``threshold_sigma`` times the sigma-clipped noise of ``resid``.
+    peak_max : float or None
+        The highest peak above the sky a usable star may have (saturation).
+    """
     from astropy.stats import sigma_clipped_stats
-    from astropy.table import Table
-    from photutils.detection import DAOStarFinder
-    from photutils.utils.exceptions import NoDetectionsWarning
-    from scipy.spatial import cKDTree
 
     # float32, the frames' own type: half the memory traffic of the convolution and peaks
     data = np.asarray(data, np.float32)
@@ -387,9 +403,48 @@ def detect_stars(data, fwhm, threshold_sigma=5.0, *, max_stars=200, saturate=Non
     _, _, std = sigma_clipped_stats(resid[::step, ::step], sigma=3.0, maxiters=5)
     # saturation is a level of the raw pixels: compare peaks above the local sky
     peak_max = None if saturate is None else saturate - float(np.max(sky))
+    return resid, threshold_sigma * float(std), peak_max
+
+
+def band_margin(fwhm):
+    """Rows a band of `detection_bands` overlaps its neighbour by: three DAO kernel radii
+    and more, so a source found in a band is found the same as in the whole image."""
+    from astropy.stats import gaussian_fwhm_to_sigma
+
+    return 3 * int(max(2, 1.5 * fwhm * gaussian_fwhm_to_sigma)) + 6
+
+
+def detection_bands(shape, fwhm, n=2):
+    """Split an image's rows into ``n`` overlapping bands for `dao_sources`.
+
+    Returns
+    -------
+    list of tuple
+        ``(y0, y1, lo, hi)``: search rows ``y0:y1``, keep the sources whose centroid row is
+        in ``[lo, hi)``; the ``[lo, hi)`` tile the image.
+    """
+    ny = shape[0]
+    margin = band_margin(fwhm)
+    edges = [round(i * ny / n) for i in range(n + 1)]
+    return [(max(lo - margin, 0), min(hi + margin, ny), lo if i else -np.inf,
+             hi if i < n - 1 else np.inf)
+            for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))]
+
+
+def dao_sources(resid, fwhm, threshold, peak_max, *, y0=0, keep=(-np.inf, np.inf)):
+    """photutils ``DAOStarFinder`` on ``resid``: ``x, y, flux, peak`` of every source.
+
+    ``resid`` may be a band of rows of an image starting at row ``y0`` (`detection_bands`):
+    positions are then in the image's rows, and only sources whose row is in ``keep`` are
+    returned.
+    """
+    from astropy.table import Table
+    from photutils.detection import DAOStarFinder
+    from photutils.utils.exceptions import NoDetectionsWarning
+
     # min_separation=0: photutils < 3.0's default (3.0 made it 2.5 fwhm); crowded pairs are
-    # dropped below, both stars of a pair, at this function's own ``min_separation``.
-    finder = DAOStarFinder(threshold=threshold_sigma * std, fwhm=fwhm, exclude_border=True,
+    # dropped in `select_stars`, both stars of a pair.
+    finder = DAOStarFinder(threshold=threshold, fwhm=fwhm, exclude_border=True,
                            peak_max=peak_max, min_separation=0)
     with warnings.catch_warnings():
         # an empty field is an answer here (an empty table), not a warning
@@ -399,9 +454,21 @@ def detect_stars(data, fwhm, threshold_sigma=5.0, *, max_stars=200, saturate=Non
         return Table({"x": np.zeros(0), "y": np.zeros(0), "flux": np.zeros(0),
                       "peak": np.zeros(0)})
     t = Table({"x": np.asarray(found["x_centroid"], float),
-               "y": np.asarray(found["y_centroid"], float),
+               "y": np.asarray(found["y_centroid"], float) + y0,
                "flux": np.asarray(found["flux"], float), "peak": np.asarray(found["peak"], float)})
-    ny, nx = data.shape
+    return t[(t["y"] >= keep[0]) & (t["y"] < keep[1])]
+
+
+def select_stars(found, shape, fwhm, *, max_stars=200, border=0.0, min_separation=None):
+    """`detect_stars`'s choice among `dao_sources`: away from the edges and from each
+    other, the brightest ``max_stars`` first."""
+    from astropy.table import vstack
+    from scipy.spatial import cKDTree
+
+    if isinstance(found, (list, tuple)):
+        found = vstack(list(found)) if len(found) > 1 else found[0]
+    t = found
+    ny, nx = shape
     keep = (t["x"] >= border) & (t["x"] <= nx - 1 - border) & (t["y"] >= border) & \
         (t["y"] <= ny - 1 - border)
     t = t[keep]
@@ -412,7 +479,5 @@ def detect_stars(data, fwhm, threshold_sigma=5.0, *, max_stars=200, saturate=Non
         crowded = np.zeros(len(t), bool)
         crowded[pairs.ravel()] = True
         t = t[~crowded]
-    t.sort("flux", reverse=True)
+    t.sort("flux", reverse=True, kind="stable")
     return t[:max_stars]
-
-

@@ -19,11 +19,12 @@ from .. import lco
 from ..errors import ConfigError, FrameError, PipekitError
 from .alignment import centroid_shift, match_stars
 from .apertures import aperture_sums
-from .detection import background_map, bright_sources, detect_stars
+from .detection import background_map, bright_sources, detect_stars, select_stars
 
 __all__ = ["settings_px", "frame_fwhm_px", "check_pixels", "star_list_hash",
            "frame_settings_hash", "field_depth", "select_reference_stars", "DEPTH_CANDIDATES",
-           "Candidate", "TargetOffFrame", "examine_candidate", "reference_star_list"]
+           "Candidate", "TargetOffFrame", "examine_candidate", "reference_star_list",
+           "field_star_candidates", "wcs_target_estimate"]
 
 log = logging.getLogger("pipekit.photometry")
 
@@ -133,6 +134,7 @@ class Candidate:
     depth: float
     sources: tuple
     fwhm: float
+    shape: tuple = ()
 
 
 class TargetOffFrame(FrameError):
@@ -194,7 +196,7 @@ def examine_candidate(path, frame, config):
     fwhm = frame_fwhm_px(frame.header, info.pixscale) or 2.0 / info.pixscale
     depth, sources, bkg = field_depth(frame.data, fwhm, s["radius"], info.gain,
                                       info.rdnoise, info.saturate)
-    return Candidate(path, info, frame.wcs, depth, sources, fwhm), bkg
+    return Candidate(path, info, frame.wcs, depth, sources, fwhm, frame.data.shape), bkg
 
 
 def select_reference_stars(frames, config, rejected, red_dir, pool=None):
@@ -236,6 +238,8 @@ def select_reference_stars(frames, config, rejected, red_dir, pool=None):
     if wanted:
         order = [named_reference_frame(frames, config, red_dir)]
     else:
+        if len(frames) <= DEPTH_CANDIDATES:  # all are examined: no need to wait for the ranks
+            pool.start("examine", frames)
         order, pointing_only = _header_ranked(frames, rejected)
     target_off, cands = {}, []
     with closing(pool.run_ordered("examine", order)) as results:
@@ -258,13 +262,50 @@ def select_reference_stars(frames, config, rejected, red_dir, pool=None):
            f"S/N > 10 (others {', '.join(str(c.depth) for c in cands if c is not best) or 'none'})")
     if wanted:
         why = "photometry.reference_frame"
-    stars = pool.call("reference_stars", best.path, best, cands, why)
+    # The stars are searched in bands of rows, one per process, the worker keeping the frame
+    # handing the other bands out; this process places the target from the WCS meanwhile.
+    splitting = pool.submit("split_detection", best.path, best, pool.processes)
+    kept_band = pool.submit("detect_kept_band", best.path)
+    estimate = None if config.photometry.target_xy is not None else \
+        wcs_target_estimate(best, cands, config)
+    others = [pool.submit_elsewhere("detect_band", best.path, *job)
+              for job in pool.result(splitting)]
+    s = settings_px(config, best.info.pixscale)
+    found = select_stars([pool.result(t) for t in [kept_band] + others], best.shape, best.fwhm,
+                         max_stars=4 * config.photometry.max_field_stars,
+                         border=s["annulus_out"], min_separation=s["radius"] + best.fwhm)
+    stars = pool.call("reference_stars", best.path, best, cands, why, estimate, found)
     log.info("%s: %d field stars on %s (%s); target %s", red_dir, len(stars) - 1,
              best.path.name, why, stars.meta["target_position"])
     return stars
 
 
-def reference_star_list(frame, background, best, cands, config, why):
+def field_star_candidates(frame, background, best, config):
+    """Sources detected on the reference frame (`detect_stars`), before the target is placed.
+
+    Parameters
+    ----------
+    frame : pipekit.frames.Frame
+    background : Background or None
+    best : Candidate
+        The reference frame's candidate entry (its FWHM).
+    config : pipekit.config.ReductionConfig
+
+    Returns
+    -------
+    astropy.table.Table
+        ``x, y, flux, peak``, brightest first.
+    """
+    p = config.photometry
+    s = settings_px(config, frame.info.pixscale)
+    return detect_stars(frame.data, best.fwhm, p.detection_sigma,
+                        max_stars=4 * p.max_field_stars, saturate=frame.info.saturate,
+                        border=s["annulus_out"], min_separation=s["radius"] + best.fwhm,
+                        background=background)
+
+
+def reference_star_list(frame, background, best, cands, config, why, *, found=None,
+                        estimate=None):
     """The field-star list detected on the chosen reference frame (`select_reference_stars`).
 
     Parameters
@@ -280,6 +321,10 @@ def reference_star_list(frame, background, best, cands, config, why):
     config : pipekit.config.ReductionConfig
     why : str
         Why this frame was chosen (kept in the list's ``meta``).
+    found : astropy.table.Table, optional
+        `field_star_candidates` of the frame, when already detected.
+    estimate : tuple, optional
+        `wcs_target_estimate`, when already made.
 
     Returns
     -------
@@ -289,13 +334,12 @@ def reference_star_list(frame, background, best, cands, config, why):
     from astropy.table import Table
 
     p = config.photometry
-    info, data = frame.info, frame.data
+    info = frame.info
     s = settings_px(config, info.pixscale)
-    bkg = background if background is not None else background_map(data)
-    tx, ty, how = _target_on_reference(frame, best, cands, config, s, bkg)
-    found = detect_stars(data, best.fwhm, p.detection_sigma, max_stars=4 * p.max_field_stars,
-                         saturate=info.saturate, border=s["annulus_out"],
-                         min_separation=s["radius"] + best.fwhm, background=bkg)
+    bkg = background if background is not None else background_map(frame.data)
+    if found is None:
+        found = field_star_candidates(frame, bkg, best, config)
+    tx, ty, how = _target_on_reference(frame, best, cands, config, s, bkg, estimate)
     far = np.hypot(found["x"] - tx, found["y"] - ty) > s["annulus_in"]
     found = found[far]
     n = min(len(found), p.max_field_stars)
@@ -320,20 +364,40 @@ def reference_star_list(frame, background, best, cands, config, why):
     return stars
 
 
-def _target_on_reference(frame, best, cands, config, s, bkg):
-    """The target's pixel position on the reference frame and how it was found."""
+def wcs_target_estimate(best, cands, config):
+    """Where the frames' header WCSs put the target on the reference frame.
+
+    Each frame's header WCS says where the target is; the star patterns carry those
+    opinions onto the reference frame, and their median outvotes the reference's own error.
+    Needs no pixels (the candidates' WCS and bright sources only).
+
+    Parameters
+    ----------
+    best : Candidate
+        The reference frame.
+    cands : list of Candidate
+        Every frame examined.
+    config : pipekit.config.ReductionConfig
+
+    Returns
+    -------
+    x, y : float
+        The median position (0-based pixels of the reference frame).
+    search : float
+        How far from it to look for the target (pixels): three times the median's
+        uncertainty from the opinions' spread, at least the centroid window.
+    how : str
+        The estimate, in words (for the star list's ``meta``).
+    """
     p = config.photometry
-    if p.target_xy is not None:
-        return float(p.target_xy[0]), float(p.target_xy[1]), "pinned by photometry.target_xy"
-    tx, ty = (float(v[0]) for v in frame.wcs.all_world2pix([config.target.ra],
-                                                           [config.target.dec], 0))
-    # Each frame's header WCS says where the target is; the star patterns carry those
-    # opinions onto the reference frame, and their median outvotes the reference's own error.
+    s = settings_px(config, best.info.pixscale)
+    tx, ty = (float(v[0]) for v in best.wcs.all_world2pix([config.target.ra],
+                                                          [config.target.dec], 0))
     ex, ey = [tx], [ty]
     rx, ry, _ = best.sources
     ref_ra, ref_dec = best.wcs.all_pix2world(rx, ry, 0)
     for c in cands:
-        if c is best:
+        if c is best or c.path == best.path:
             continue
         px, py = c.wcs.all_world2pix(ref_ra, ref_dec, 0)
         m = match_stars(np.column_stack([px, py]), np.column_stack(c.sources[:2]),
@@ -351,9 +415,18 @@ def _target_on_reference(frame, best, cands, config, s, bkg):
     how = f"header WCS (median of {len(ex)} frames' WCS, {np.hypot(sx - tx, sy - ty):.1f} px " \
           "from the reference frame's own)"
     win = max(s["centroid"], s["radius"])
-    # how far to look: three times the uncertainty of that median, from the opinions' spread
     spread = 1.4826 * np.median(np.hypot(np.subtract(ex, sx), np.subtract(ey, sy)))
     search = float(min(max(win, 3 * 1.25 * spread / np.sqrt(len(ex))), s["max_shift"]))
+    return sx, sy, search, how
+
+
+def _target_on_reference(frame, best, cands, config, s, bkg, estimate=None):
+    """The target's pixel position on the reference frame and how it was found."""
+    p = config.photometry
+    if p.target_xy is not None:
+        return float(p.target_xy[0]), float(p.target_xy[1]), "pinned by photometry.target_xy"
+    sx, sy, search, how = estimate or wcs_target_estimate(best, cands, config)
+    win = max(s["centroid"], s["radius"])
     ny, nx = frame.data.shape
     if win > 0 and win < sx < nx - 1 - win and win < sy < ny - 1 - win:
         sky = float(bkg.at(int(round(sy)), int(round(sx))))

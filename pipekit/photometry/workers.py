@@ -11,7 +11,7 @@ work here, one frame after the other. Both keep the frames the reference-frame c
 How many processes: ``photometry.processes`` in ``reduction_config.yaml``; unset, one per
 CPU core this process may use (at most `MAX_AUTO_PROCESSES`), and one inside a daemonic
 process (a `pipekit.manager.Manager` or Dask worker: those already run one dataset per
-core, and may not have children).
+core, and may not have children) or outside the main thread.
 """
 
 import importlib
@@ -22,11 +22,14 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import FrameError, PipekitError
 from .reading import CACHE_BYTES, FrameCache
@@ -104,6 +107,7 @@ class FrameWork:
         self.cache = FrameCache(budget)
         self.stars = None
         self.bright = None
+        self._band = None
 
     def _read(self, path):
         from ..frames import read_frame
@@ -120,13 +124,53 @@ class FrameWork:
         self.cache.offer_background(path, bkg)
         return cand
 
-    def reference_stars(self, path, best, cands, why):
+    def _kept(self, path):
+        """``(frame, background or None)``: kept, else read (and kept when it fits)."""
+        hit = self.cache.get(path)
+        if hit:
+            return hit
+        frame = self._read(path)
+        self.cache.offer(path, frame)
+        return frame, None
+
+    def split_detection(self, path, best, n_bands):
+        """Prepare the star search of the reference frame ``path`` in ``n_bands`` bands of
+        rows (`detection_bands`): keep the first band for `detect_kept_band`; return the
+        others' jobs, ``(band pixels, fwhm, threshold, peak_max, y0, keep)`` each, for
+        `detect_band` in other processes."""
+        from .detection import background_map, detection_bands, detection_image
+
+        frame, bkg = self._kept(path)
+        if bkg is None:
+            bkg = background_map(frame.data)
+            self.cache.offer_background(path, bkg)
+        p = self.config.photometry
+        resid, threshold, peak_max = detection_image(frame.data, p.detection_sigma,
+                                                     saturate=frame.info.saturate,
+                                                     background=bkg)
+        jobs = [(resid[y0:y1], best.fwhm, threshold, peak_max, y0, keep)
+                for y0, y1, *keep in detection_bands(resid.shape, best.fwhm, n_bands)]
+        self._band = jobs[0]
+        return [(np.ascontiguousarray(band), *rest) for band, *rest in jobs[1:]]
+
+    def detect_kept_band(self, path):
+        """`dao_sources` on the band `split_detection` kept."""
+        band, self._band = self._band, None
+        return self.detect_band(path, *band)
+
+    def detect_band(self, path, band, fwhm, threshold, peak_max, y0, keep):
+        """`dao_sources` on one band of the reference frame ``path``."""
+        from .detection import dao_sources
+
+        return dao_sources(band, fwhm, threshold, peak_max, y0=y0, keep=tuple(keep))
+
+    def reference_stars(self, path, best, cands, why, estimate=None, found=None):
         """The field-star list on the reference frame ``path`` (`reference_star_list`)."""
         from .reference import reference_star_list
 
-        hit = self.cache.get(path)
-        frame, bkg = hit if hit else (self._read(path), None)
-        return reference_star_list(frame, bkg, best, cands, self.config, why)
+        frame, bkg = self._kept(path)
+        return reference_star_list(frame, bkg, best, cands, self.config, why, found=found,
+                                   estimate=estimate)
 
     def use_stars(self, stars):
         """Set the star list that ``measure`` places on each frame."""
@@ -161,6 +205,9 @@ class InlinePool:
         """True when ``path`` is kept in memory."""
         return Path(path) in self.work.cache
 
+    def start(self, kind, paths):
+        """Nothing here (`ProcessPool.start` sends tasks ahead of `run_ordered`)."""
+
     def run_ordered(self, kind, paths):
         """Yield ``(path, value, error)`` of task ``kind`` on each path, in order.
 
@@ -177,6 +224,22 @@ class InlinePool:
     def call(self, kind, path, *args):
         """Run task ``kind`` on ``path`` and return its value (its exception propagates)."""
         return getattr(self.work, kind)(path, *args)
+
+    def submit(self, kind, path, *args):
+        """Start task ``kind`` on ``path`` (here: run it); `result` gives its value."""
+        try:
+            return True, self.call(kind, path, *args)
+        except Exception as exc:  # noqa: BLE001 - raised by `result`
+            return False, exc
+
+    submit_elsewhere = submit
+
+    def result(self, submitted):
+        """The value of a task from `submit` (its exception is raised here)."""
+        ok, value = submitted
+        if not ok:
+            raise value
+        return value
 
     def broadcast(self, kind, *args):
         """Run ``kind(*args)`` on every process's `FrameWork` (here: one)."""
@@ -315,6 +378,7 @@ class ProcessPool:
         self._holder = {}     # path -> the worker keeping that frame
         self._done = {}       # task id -> (ok, value)
         self._abandoned = set()
+        self._started = {}     # (kind, path) -> task sent by `start`
         self._retry = deque()  # (task id, kind, args) of a dead worker, to send again
         self._deaths = {}      # path -> deaths it was in flight at
         self._starts = 0
@@ -444,6 +508,14 @@ class ProcessPool:
                     break
                 sent[i] = self._send(worker, kind, (sent["paths"][i],))
 
+    def start(self, kind, paths):
+        """Send task ``kind`` on ``paths`` now, before knowing in which order (or whether)
+        `run_ordered` asks for them: it takes their results; the ones it does not ask for
+        are dropped when it ends."""
+        for path in map(Path, paths):
+            if (kind, path) not in self._started:
+                self._started[kind, path] = self.submit(kind, path)
+
     def run_ordered(self, kind, paths):
         """Yield ``(path, value, error)`` of task ``kind`` on each path, in the order given.
 
@@ -453,13 +525,15 @@ class ProcessPool:
         """
         paths = [Path(p) for p in paths]
         queues, shared = {}, deque()
+        sent = {"paths": paths}
         for i, path in enumerate(paths):
             holder = self._holder.get(path)
-            if holder is not None:
+            if (kind, path) in self._started:
+                sent[i] = self._started.pop((kind, path))
+            elif holder is not None:
                 queues.setdefault(id(holder), deque()).append(i)
             else:
                 shared.append(i)
-        sent = {"paths": paths}
         nxt = 0
         try:
             while nxt < len(paths):
@@ -474,8 +548,9 @@ class ProcessPool:
                 else:
                     self._pump()
         finally:
-            for i in range(nxt, len(paths)):
-                task = sent.get(i)
+            unasked = [t for (k, _), t in self._started.items() if k == kind]
+            self._started = {key: t for key, t in self._started.items() if key[0] != kind}
+            for task in [sent.get(i) for i in range(nxt, len(paths))] + unasked:
                 if task is not None and self._done.pop(task, None) is None:
                     self._abandoned.add(task)
 
@@ -484,15 +559,31 @@ class ProcessPool:
             self._pump()
         return [self._done.pop(t) for t in tasks]
 
-    def call(self, kind, path, *args):
-        """Run task ``kind`` on ``path`` in the worker keeping it (else the first) and return
-        its value; its exception is raised here."""
+    def submit(self, kind, path, *args):
+        """Start task ``kind`` on ``path`` in the worker keeping it (else the least busy);
+        `result` waits for its value."""
         path = Path(path)
-        worker = self._holder.get(path) or self._workers[0]
-        [(ok, value)] = self._wait_for([self._send(worker, kind, (path,) + args)])
+        worker = self._holder.get(path) or min(self._workers, key=lambda w: len(w.inflight))
+        return self._send(worker, kind, (path,) + args)
+
+    def submit_elsewhere(self, kind, path, *args):
+        """Like `submit`, in a worker other than the one keeping ``path`` (when there is
+        one)."""
+        path = Path(path)
+        others = [w for w in self._workers if w is not self._holder.get(path)] or self._workers
+        return self._send(min(others, key=lambda w: len(w.inflight)), kind, (path,) + args)
+
+    def result(self, task):
+        """The value of a task from `submit` (its exception is raised here)."""
+        [(ok, value)] = self._wait_for([task])
         if not ok:
             raise value
         return value
+
+    def call(self, kind, path, *args):
+        """Run task ``kind`` on ``path`` in the worker keeping it and return its value; its
+        exception is raised here."""
+        return self.result(self.submit(kind, path, *args))
 
     def broadcast(self, kind, *args):
         """Run ``kind(*args)`` in every worker (and in any worker started later)."""
@@ -530,8 +621,9 @@ def photometry_processes(config, n_frames):
     """How many processes read and measure ``n_frames`` frames (1: this one alone).
 
     ``photometry.processes`` when set, else one per CPU core this process may use (at most
-    `MAX_AUTO_PROCESSES`); never more than the frames; 1 inside a daemonic process (a
-    Manager or Dask worker), which may not start processes of its own.
+    `MAX_AUTO_PROCESSES`), or 1 outside the main thread (pipelines run by an executor of
+    threads); never more than the frames; 1 inside a daemonic process (a Manager or Dask
+    worker), which may not start processes of its own.
     """
     wanted = getattr(config.photometry, "processes", None)
     if multiprocessing.current_process().daemon:
@@ -540,6 +632,8 @@ def photometry_processes(config, n_frames):
                      "Manager or Dask worker runs one dataset per core already)", wanted)
         return 1
     if not wanted:
+        if threading.current_thread() is not threading.main_thread():
+            return 1  # pipelines run in threads (an executor of threads): one core each
         try:
             cores = len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
