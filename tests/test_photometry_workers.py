@@ -221,8 +221,9 @@ def test_how_many_processes(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("n_bands", [2, 3])
 def test_the_star_search_in_bands_finds_what_the_whole_frame_search_finds(tmp_path, n_bands):
-    from pipekit.photometry.detection import (background_map, dao_sources, detect_stars,
-                                              detection_bands, detection_image, select_stars)
+    from pipekit.photometry.detection import (background_map, band_residual, dao_sources,
+                                              detect_stars, detection_bands,
+                                              detection_threshold, select_stars)
 
     truth = simulate_dataset(tmp_path / "one", n_frames=1, shape=(400, 400), n_stars=150, seed=9)
     frame = read_frame(truth.files[0])
@@ -235,9 +236,9 @@ def test_the_star_search_in_bands_finds_what_the_whole_frame_search_finds(tmp_pa
             data += 900.0 * np.exp(-((xx - x) ** 2 + (yy - lo - dy) ** 2) / (2 * 1.5 ** 2))
     bkg = background_map(data)
     whole = detect_stars(data, fwhm, 4.0, max_stars=500, border=5, min_separation=4,
-                         background=bkg)
-    resid, threshold, peak_max = detection_image(data, 4.0, background=bkg)
-    parts = [dao_sources(np.ascontiguousarray(resid[y0:y1]), fwhm, threshold, peak_max, y0=y0,
+                         background=bkg, saturate=4000.0)
+    threshold, peak_max = detection_threshold(data, 4.0, saturate=4000.0, background=bkg)
+    parts = [dao_sources(band_residual(data[y0:y1], y0, bkg), fwhm, threshold, peak_max, y0=y0,
                          keep=(lo, hi))
              for y0, y1, lo, hi in detection_bands(data.shape, fwhm, n_bands)]
     banded = select_stars(parts, data.shape, fwhm, max_stars=500, border=5, min_separation=4)
@@ -248,3 +249,14 @@ def test_the_star_search_in_bands_finds_what_the_whole_frame_search_finds(tmp_pa
         np.testing.assert_array_equal(np.asarray(banded[col]), np.asarray(whole[col]))
     # a band's rows start at y0: its centroid rows plus y0 round the last bit differently
     np.testing.assert_allclose(np.asarray(banded["y"]), np.asarray(whole["y"]), rtol=0, atol=1e-9)
+
+
+def test_the_highest_sky_is_found_without_making_the_map():
+    from pipekit.photometry.detection import background_map
+
+    yy, xx = np.mgrid[0:300, 0:350]
+    rng = np.random.default_rng(3)
+    for sky in (1000 + 3.0 * xx - 2.0 * yy + 0.01 * (xx - 170) ** 2,   # gradient and curvature
+                1000 + 400 * np.exp(-((xx - 330) ** 2 + (yy - 20) ** 2) / 5000.0)):  # a corner
+        bkg = background_map((sky + rng.normal(0, 5, sky.shape)).astype(np.float32), box=32)
+        assert bkg.highest() == pytest.approx(float(bkg.map32().max()), rel=1e-7)

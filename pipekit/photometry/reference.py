@@ -228,7 +228,7 @@ def select_reference_stars(frames, config, rejected, red_dir, pool=None):
         No usable reference frame; the target outside every frame; fewer than
         ``min_field_stars`` stars detected (after a WARNING naming the count and frame).
     """
-    from .workers import InlinePool
+    from .workers import InlinePool, remove_band_file
 
     if pool is None:
         with InlinePool(config) as own:
@@ -266,12 +266,17 @@ def select_reference_stars(frames, config, rejected, red_dir, pool=None):
     # handing the other bands out; this process places the target from the WCS meanwhile.
     splitting = pool.submit("split_detection", best.path, best, pool.processes)
     kept_band = pool.submit("detect_kept_band", best.path)
-    estimate = None if config.photometry.target_xy is not None else \
-        wcs_target_estimate(best, cands, config)
-    others = [pool.submit_elsewhere("detect_band", best.path, *job)
-              for job in pool.result(splitting)]
+    jobs = pool.result(splitting)
+    try:
+        others = [pool.submit_elsewhere("detect_band", best.path, *job) for job in jobs]
+        estimate = None if config.photometry.target_xy is not None else \
+            wcs_target_estimate(best, cands, config)
+        bands = [pool.result(t) for t in [kept_band] + others]
+    finally:
+        for job in jobs:
+            remove_band_file(job[0])
     s = settings_px(config, best.info.pixscale)
-    found = select_stars([pool.result(t) for t in [kept_band] + others], best.shape, best.fwhm,
+    found = select_stars(bands, best.shape, best.fwhm,
                          max_stars=4 * config.photometry.max_field_stars,
                          border=s["annulus_out"], min_separation=s["radius"] + best.fwhm)
     stars = pool.call("reference_stars", best.path, best, cands, why, estimate, found)

@@ -136,33 +136,42 @@ class FrameWork:
     def split_detection(self, path, best, n_bands):
         """Prepare the star search of the reference frame ``path`` in ``n_bands`` bands of
         rows (`detection_bands`): keep the first band for `detect_kept_band`; return the
-        others' jobs, ``(band pixels, fwhm, threshold, peak_max, y0, keep)`` each, for
-        `detect_band` in other processes."""
-        from .detection import background_map, detection_bands, detection_image
+        others' jobs for `detect_band` in other processes: ``(file of the band's pixels,
+        background, fwhm, threshold, peak_max, y0, keep)`` each."""
+        from .detection import background_map, detection_bands, detection_threshold
 
         frame, bkg = self._kept(path)
         if bkg is None:
             bkg = background_map(frame.data)
             self.cache.offer_background(path, bkg)
         p = self.config.photometry
-        resid, threshold, peak_max = detection_image(frame.data, p.detection_sigma,
-                                                     saturate=frame.info.saturate,
-                                                     background=bkg)
-        jobs = [(resid[y0:y1], best.fwhm, threshold, peak_max, y0, keep)
-                for y0, y1, *keep in detection_bands(resid.shape, best.fwhm, n_bands)]
+        threshold, peak_max = detection_threshold(frame.data, p.detection_sigma,
+                                                  saturate=frame.info.saturate, background=bkg)
+        jobs = [(frame.data[y0:y1], bkg, best.fwhm, threshold, peak_max, y0, keep)
+                for y0, y1, *keep in detection_bands(frame.data.shape, best.fwhm, n_bands)]
         self._band = jobs[0]
-        return [(np.ascontiguousarray(band), *rest) for band, *rest in jobs[1:]]
+        # the other bands go through files in memory (tmpfs): a pipe would copy each band
+        # four times on its way through the parent
+        return [(_band_file(band), *rest) for band, *rest in jobs[1:]]
 
     def detect_kept_band(self, path):
         """`dao_sources` on the band `split_detection` kept."""
         band, self._band = self._band, None
         return self.detect_band(path, *band)
 
-    def detect_band(self, path, band, fwhm, threshold, peak_max, y0, keep):
-        """`dao_sources` on one band of the reference frame ``path``."""
-        from .detection import dao_sources
+    def detect_band(self, path, band, background, fwhm, threshold, peak_max, y0, keep):
+        """`dao_sources` on one band of rows of the reference frame ``path``: its pixels, or
+        the file `split_detection` wrote them to (removed once read)."""
+        from .detection import band_residual, dao_sources
 
-        return dao_sources(band, fwhm, threshold, peak_max, y0=y0, keep=tuple(keep))
+        if isinstance(band, str):
+            name = band
+            try:
+                band = np.load(name, mmap_mode="r")  # the mapping outlives the name
+            finally:
+                remove_band_file(name)
+        return dao_sources(band_residual(band, y0, background), fwhm, threshold, peak_max,
+                           y0=y0, keep=tuple(keep))
 
     def reference_stars(self, path, best, cands, why, estimate=None, found=None):
         """The field-star list on the reference frame ``path`` (`reference_star_list`)."""
@@ -186,6 +195,31 @@ class FrameWork:
         hit = self.cache.pop(path)
         frame, bkg = hit if hit else (self._read(path), None)
         return measure_frame_data(frame, path, self.stars, self.config, self.bright, bkg)
+
+
+def _band_file(band):
+    """Write an image band to a temporary ``.npy`` file, in memory where the system has a
+    tmpfs (``/dev/shm``); return its name."""
+    import tempfile
+
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
+        else None
+    fd, name = tempfile.mkstemp(prefix="pipekit-band-", suffix=".npy", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(band))
+    except BaseException:
+        remove_band_file(name)
+        raise
+    return name
+
+
+def remove_band_file(name):
+    """Remove a band file of `split_detection` (nothing when it is gone already)."""
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
 
 
 class InlinePool:
