@@ -3,9 +3,11 @@
 For each case (frames x size x stars) it simulates a dataset (`pipekit.testing.simulate`),
 then, in a fresh process per case, times reading every frame (`pipekit.frames.read_frame`)
 and the whole step as ``reduction_pipeline(red_dir).run(["photometry"])`` runs it
-(reference frame and star list, alignment, cosmic rays, BJD_TDB, files, checkpoint), best
-of ``--repeat`` runs each, interleaved, and prints the ratio and where the step's time goes
-(ms per frame per part, exclusive of the parts inside it).
+(reference frame and star list, alignment, cosmic rays, BJD_TDB, files, checkpoint) with
+its default processes (`pipekit.photometry.workers`: one per core), best of ``--repeat``
+runs each, interleaved, and prints the ratio, the step's phases, and where its work goes:
+ms per frame per part, exclusive of the parts inside it, from one more run in one process
+(``photometry.processes`` 1), so that every part is timed where it runs.
 
 Run from the repository root:
 
@@ -32,13 +34,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 #: (module, attribute, part): functions timed exclusively (minus timed parts inside them).
+#: The profile runs the step in one process (``photometry.processes`` 1), so that every part
+#: is timed where it runs; the timed step itself runs with the default processes.
 PARTS = [
     ("pipekit.frames", "read_frame", "read + decompress"),
     ("pipekit.photometry.dataset", "select_reference_stars", "reference choice (rest)"),
     ("pipekit.photometry.reference", "field_depth", "reference: depth of candidates"),
-    ("pipekit.photometry.reference", "detect_stars", "reference: DAOStarFinder"),
+    ("pipekit.photometry.detection", "dao_sources", "reference: star search (DAOStarFinder)"),
+    ("pipekit.photometry.detection", "detection_threshold",
+     "reference: star search (DAOStarFinder)"),
+    ("pipekit.photometry.detection", "band_residual", "reference: star search (DAOStarFinder)"),
+    ("pipekit.photometry.reference", "wcs_target_estimate", "reference: target from the WCS"),
     ("pipekit.photometry.reference", "background_map", "background map"),
     ("pipekit.photometry.dataset", "background_map", "background map"),
+    ("pipekit.photometry.detection", "background_map", "background map"),
     ("pipekit.photometry.reference", "bright_sources", "bright sources"),
     ("pipekit.photometry.dataset", "bright_sources", "bright sources"),
     ("pipekit.photometry.dataset", "match_stars", "alignment (pattern match, centroid)"),
@@ -46,12 +55,19 @@ PARTS = [
     ("pipekit.photometry.dataset", "centroid_shift", "alignment (pattern match, centroid)"),
     ("pipekit.photometry.dataset", "measure_frame", "aperture photometry"),
     ("pipekit.photometry.dataset", "cosmic_ray_hits", "cosmic rays"),
+    ("pipekit.photometry.dataset", "sharp_sources", "cosmic rays"),
     ("pipekit.photometry.dataset", "bjd_tdb_many", "BJD_TDB"),
     ("pipekit.photometry.dataset", "bjd_tdb", "BJD_TDB"),
     ("pipekit.photometry.dataset", "write_ecsv", "write per-frame files"),
     ("pipekit.photometry.dataset", "measure_frame_data", "per-frame rest (WCS, header, table)"),
     ("pipekit.photometry.dataset", "measure_frame_file", "per-frame rest (WCS, header, table)"),
     ("pipekit.steps", "measure_dataset", "dataset rest (listing, done checks)"),
+]
+#: The phases of the timed step, as its own process sees them (workers run inside them).
+PHASES = [
+    ("pipekit.photometry.dataset", "select_reference_stars",
+     "reference choice (candidates examined, stars searched)"),
+    ("pipekit.photometry.dataset", "_measure_frames", "measuring (and writing) the frames"),
 ]
 
 
@@ -81,23 +97,35 @@ class PartTimer:
                 book[part] = book.get(part, 0.0) + elapsed - inner
         return timed
 
-    def install(self):
-        for module, attr, part in PARTS:
+    def install(self, parts):
+        self.installed = []
+        for module, attr, part in parts:
             mod = importlib.import_module(module)
             if hasattr(mod, attr):
-                setattr(mod, attr, self.wrap(getattr(mod, attr), part))
+                original = getattr(mod, attr)
+                self.installed.append((mod, attr, original))
+                setattr(mod, attr, self.wrap(original, part))
+
+    def uninstall(self):
+        for mod, attr, original in reversed(self.installed):
+            setattr(mod, attr, original)
 
 
 def child(red_dir, repeat, profile):
     """Time the reads and the step in this process; print one JSON line."""
     from pipekit import lco
+    from pipekit.config import load_reduction_config
     from pipekit.frames import read_frame
+    from pipekit.photometry import workers
     from pipekit.workflows import reduction_pipeline
     import pipekit.photometry.dataset  # noqa: F401 - imported before the clock starts
 
     red_dir = Path(red_dir)
     frames = lco.list_frames(red_dir)
+    config = load_reduction_config(red_dir / "reduction_config.yaml")
     reads, steps = [], []
+    phases = PartTimer()
+    phases.install(PHASES)
     for _ in range(repeat):
         shutil.rmtree(red_dir / "photometry", ignore_errors=True)
         shutil.rmtree(red_dir / "logs", ignore_errors=True)
@@ -105,15 +133,22 @@ def child(red_dir, repeat, profile):
         for f in frames:
             read_frame(f)
         reads.append(time.perf_counter() - t0)
+        phases.main.clear()
         t0 = time.perf_counter()
         pipe = reduction_pipeline(red_dir)
         pipe.run(["photometry"])
         steps.append(time.perf_counter() - t0)
         assert pipe.status == "success", pipe.status
-    out = {"n": len(frames), "read": min(reads), "step": min(steps)}
+        if steps[-1] == min(steps):
+            timeline = dict(phases.main)
+    out = {"n": len(frames), "read": min(reads), "step": min(steps), "reads": reads,
+           "steps": steps, "processes": workers.photometry_processes(config, len(frames)),
+           "phases": timeline}
     if profile:
+        phases.uninstall()
         timer = PartTimer()
-        timer.install()
+        timer.install(PARTS)
+        workers.photometry_processes = lambda *args: 1  # every part timed where it runs
         shutil.rmtree(red_dir / "photometry", ignore_errors=True)
         shutil.rmtree(red_dir / "logs", ignore_errors=True)
         t0 = time.perf_counter()
@@ -175,25 +210,29 @@ def main():
             shutil.rmtree(root, ignore_errors=True)
 
     print()
-    print(f"{'case':16s} {'frames':>6s} {'read (s)':>9s} {'step (s)':>9s} {'step/read':>9s}  "
-          "(target <= 1.5)")
+    print(f"{'case':16s} {'frames':>6s} {'processes':>9s} {'read (s)':>9s} {'step (s)':>9s} "
+          f"{'step/read':>9s}  (target <= 1.5)")
     for case, r in rows:
-        print(f"{case:16s} {r['n']:6d} {r['read']:9.2f} {r['step']:9.2f} "
-              f"{r['step'] / r['read']:9.2f}")
+        print(f"{case:16s} {r['n']:6d} {r['processes']:9d} {r['read']:9.2f} {r['step']:9.2f} "
+              f"{r['step'] / r['read']:9.2f}   runs: step "
+              + ", ".join(f"{v:.2f}" for v in r["steps"]) + "; read "
+              + ", ".join(f"{v:.2f}" for v in r["reads"]))
+    for case, r in rows:
+        parts = ", ".join(f"{name} {sec:.2f} s" for name, sec in r["phases"].items())
+        print(f"  {case}: the fastest step's phases: {parts}")
     for case, r in rows:
         prof = r.get("profile")
         if not prof:
             continue
         n = r["n"]
-        print(f"\nwhere the step's time goes, {case} (ms per frame; one profiled run of "
-              f"{prof['total']:.2f} s; read alone {1000 * r['read'] / n:.0f} ms per frame)")
+        print(f"\nwhere the step's time goes, {case} (ms per frame, in one process: "
+              f"photometry.processes 1; one profiled run of {prof['total']:.2f} s; read "
+              f"alone {1000 * r['read'] / n:.0f} ms per frame)")
         main_parts = dict(prof["main"])
         counted = sum(main_parts.values())
         main_parts["pipeline engine, imports, rest"] = prof["total"] - counted
         for part, sec in sorted(main_parts.items(), key=lambda kv: -kv[1]):
             print(f"  {part:40s} {1000 * sec / n:8.1f}")
-        for part, sec in sorted(prof["background"].items(), key=lambda kv: -kv[1]):
-            print(f"  {part + ' (read-ahead thread)':40s} {1000 * sec / n:8.1f}  overlapped")
 
 
 if __name__ == "__main__":

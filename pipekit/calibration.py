@@ -16,7 +16,7 @@ import numpy as np
 from .atomic import write_text_atomic
 from .errors import ConfigError, FrameError
 from .photometry import frame_photometry_path
-from .photometry.store import done_stamp
+from .photometry.store import done_stamp, read_frame_ecsv
 
 __all__ = ["Calibration", "calibrate", "robust_mean", "frame_facts", "INSTRUMENTAL_ZEROPOINT",
            "FRAME_CACHE"]
@@ -187,13 +187,11 @@ def _aperture_correction(path, phot_path, config):
     cancels). The growth of the flux over the last quarter of that radius bounds the light
     still outside it. Returns ``(fraction, error, n_stars, growth)`` or None.
     """
-    from astropy.table import Table
-
     from .frames import read_frame
     from .photometry import aperture_sums
 
     # the frame's own photometry file: positions and sky of every star
-    table = Table.read(phot_path, format="ascii.ecsv")
+    table = read_frame_ecsv(phot_path)
     meta = table.meta
     r = float(meta["radius_px"])
     r_big = float(meta["annulus_in_px"])

@@ -21,7 +21,7 @@ from .calibration import INSTRUMENTAL_ZEROPOINT, calibrate, frame_facts
 from .errors import PipekitError
 from .photometry import (FLAGS, NON_POSITIVE, OFF_FRAME, REFERENCE_STARS, REJECTED_FRAMES,
                          load_dataset_config, normalise_ensemble, write_ecsv)
-from .photometry.store import FrameSummary, plain
+from .photometry.store import FrameSummary, plain, read_frame_ecsv
 from .secrets import scrub_value
 
 __all__ = ["LightCurve", "build_lightcurve", "write_lightcurve", "tom_csv_text",
@@ -154,7 +154,7 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     ref_path = phot_dir / REFERENCE_STARS
     if not ref_path.exists():
         raise PipekitError(f"{ref_path}: no reference star list; run the photometry step first")
-    stars = Table.read(ref_path, format="ascii.ecsv")
+    stars = read_frame_ecsv(ref_path)
     rejected = {}
     rej_path = phot_dir / REJECTED_FRAMES
     if rej_path.exists():

@@ -49,6 +49,44 @@ def test_fast_ecsv_reads_back_as_astropys_own_file_does():
     assert meta_ours["bjd_tdb"] == t.meta["bjd_tdb"]  # bit for bit
 
 
+def test_fast_ecsv_reader_gives_what_astropys_reader_gives(tmp_path):
+    from pipekit.photometry import store
+
+    t = _table()
+    words = Table({"frame": ["a.fits", "b.fits"], "v": [1.5, np.nan], "ok": [True, False]})
+    spaced = Table({"frame": ["a b", "c"], "v": [1.0, 2.0]})      # quoted: astropy's writer
+    empty = Table({"id": np.zeros(0, int), "flux": np.zeros(0)})
+    astropy_written = tmp_path / "astropy.ecsv"
+    t.write(astropy_written, format="ascii.ecsv")                  # !!omap meta: astropy's
+    cases = []
+    for name, table in (("t", t), ("words", words), ("spaced", spaced), ("empty", empty)):
+        path = tmp_path / f"{name}.ecsv"
+        path.write_text(ecsv_text(table))
+        cases.append(path)
+    fast = [store._parse_plain_ecsv(p.read_text()) is not None for p in cases]
+    assert fast == [True, True, False, True]
+    assert store._parse_plain_ecsv(astropy_written.read_text()) is None
+    for path in cases + [astropy_written]:
+        ours, theirs = store.read_frame_ecsv(path), Table.read(path, format="ascii.ecsv")
+        assert ours.colnames == theirs.colnames, path
+        for c in theirs.colnames:
+            assert ours[c].dtype == theirs[c].dtype, (path, c)
+            assert ours[c].unit == theirs[c].unit, (path, c)
+            assert ours[c].description == theirs[c].description, (path, c)
+            if ours[c].dtype.kind == "f":
+                assert np.array_equal(np.asarray(ours[c]), np.asarray(theirs[c]), equal_nan=True)
+            else:
+                assert list(ours[c]) == list(theirs[c]), (path, c)
+        a, b = dict(ours.meta), dict(theirs.meta)
+        if "nan" in a:
+            assert np.isnan(a.pop("nan")) and np.isnan(b.pop("nan"))
+        assert a == b, path
+    meta, columns = store.read_frame_columns(cases[0], ("id", "flux"))
+    assert meta["bjd_tdb"] == t.meta["bjd_tdb"] and list(columns) == ["id", "flux"]
+    with pytest.raises(KeyError, match="missing"):
+        store.read_frame_columns(cases[0], ("id", "flux_err"))
+
+
 def test_fast_ecsv_string_columns_read_back():
     t = Table({"frame": ["a", "b c"], "v": [1.0, 2.0]})
     back = Table.read(ecsv_text(t), format="ascii.ecsv")
@@ -116,8 +154,9 @@ def test_light_curve_rebuild_reads_only_new_per_frame_files(small_dataset, monke
     again = measure_dataset(red)
     assert len(again.measured) == 1 and len(again.skipped) == 6
     reads = []
-    original = store.read_frame_ecsv
-    monkeypatch.setattr(store, "read_frame_ecsv", lambda p: reads.append(p.name) or original(p))
+    original = store.read_frame_columns
+    monkeypatch.setattr(store, "read_frame_columns",
+                        lambda p, names: reads.append(p.name) or original(p, names))
     second = build_lightcurve(red)
     assert len(reads) == 1 and len(second) == len(first) + 1
     # the same light curve as from the files themselves (summary deleted)

@@ -29,7 +29,7 @@ from .frame import measure_frame
 from .reference import (check_pixels, frame_fwhm_px, frame_settings_hash, named_reference_frame,
                         select_reference_stars, settings_px, star_list_hash)
 from .sky import annulus_sky
-from .store import FrameSummary, done_stamp, ecsv_text
+from .store import FrameSummary, done_stamp, ecsv_text, read_frame_ecsv
 from .times import bjd_tdb, bjd_tdb_many
 from .workers import frame_pool
 
@@ -112,12 +112,10 @@ def write_ecsv(table, path):
 
 def _stored_reference_stars(phot_dir, config):
     """The star list on disk when it was made with today's settings, else None."""
-    from astropy.table import Table
-
     path = phot_dir / REFERENCE_STARS
     if not path.exists():
         return None
-    stars = Table.read(path, format="ascii.ecsv")
+    stars = read_frame_ecsv(path)
     if stars.meta.get("settings_hash") == star_list_hash(config):
         return stars
     log.info("%s: star-list settings changed; choosing the reference frame again", path)
