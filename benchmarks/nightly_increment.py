@@ -2,16 +2,20 @@
 
 For N = 50, 200, 800, 2000 (small 256x256 frames, simulated once into a pool and
 hard-linked into each dataset) it reduces the N frames (photometry and light curve, in a
-child process whose peak memory is reported), adds 10 new frames and re-runs
-``reduction_pipeline(red_dir).run(["photometry", "lightcurve"])`` in a fresh process, as a
-nightly job would. In that same process, afterwards (warm), it times measuring the 10 new
-frames alone (`measure_frame_file` and the file write, no reference choice), and prints the
-increment against it, and the light-curve step against it (target: the increment costs the
-10 frames' measuring plus a light-curve rebuild under 10 % of that, at N = 2000).
+child process whose peak memory is reported), adds 10 new frames and re-runs the
+photometry and light-curve steps of ``reduction_pipeline(red_dir)`` in a fresh process, as
+a nightly ``pipekit reduce`` would ("cold"), then adds 10 more and runs them again in that
+same process ("warm": its imports done, as in a Manager worker, which imports them once for
+all its pipelines, or a notebook). Afterwards it times measuring those last 10 frames alone,
+one by one (`measure_frame_file` and the file write, no reference choice), and prints the
+increment against it, and the light curve (and its figures, apart) against it (target: the
+increment costs the 10 frames' measuring plus a light-curve rebuild under 10 % of that, at
+N = 2000).
 
     python benchmarks/nightly_increment.py [--sizes 50,200,800,2000] [--keep DIR]
 
-Peak memory is ``ru_maxrss`` of the child that reduced the dataset (target < 1 GB at 2000).
+Peak memory: ``ru_maxrss`` of the process that reduced the dataset and of its largest worker
+process (target: their sum < 1 GB at 2000).
 """
 
 import argparse
@@ -39,38 +43,70 @@ def child_full(red_dir):
     pipe.run(["photometry", "lightcurve"])
     assert pipe.status == "success", pipe.status
     print(json.dumps({"seconds": time.perf_counter() - t0,
-                      "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "worker_maxrss_mb":
+                          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
-def child_increment(red_dir, new_frames):
-    """Re-run after the new frames arrived; then time measuring those frames alone."""
-    from astropy.table import Table
-
-    from pipekit.errors import FrameError
-    from pipekit.photometry import measure_frame_file, write_ecsv
-    from pipekit.photometry.dataset import _bright_rows, load_dataset_config
+def _timed_increment(red_dir):
+    """Run photometry then the light curve; time each, and the figures within the latter."""
+    from pipekit import lightcurve, quality
     from pipekit.workflows import reduction_pipeline
 
-    red_dir = Path(red_dir)
-    pipe = reduction_pipeline(red_dir)
-    t0 = time.perf_counter()
-    pipe.run(["photometry"])
-    t_phot = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    pipe.run(["lightcurve"])
-    t_lc = time.perf_counter() - t0
+    figures = []
+
+    def timed(func):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                figures.append(time.perf_counter() - t0)
+        return run
+
+    plot_lc, plot_q = lightcurve.plot_lightcurve, quality.plot_quality
+    lightcurve.plot_lightcurve, quality.plot_quality = timed(plot_lc), timed(plot_q)
+    try:
+        pipe = reduction_pipeline(red_dir)
+        t0 = time.perf_counter()
+        pipe.run(["photometry"])
+        t_phot = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pipe.run(["lightcurve"])
+        t_lc = time.perf_counter() - t0
+    finally:
+        lightcurve.plot_lightcurve, quality.plot_quality = plot_lc, plot_q
     assert pipe.status == "success", pipe.status
     phot = pipe.steps[0].result or {}
-    config = load_dataset_config(red_dir)
+    return {"photometry": t_phot, "lightcurve": t_lc - sum(figures), "figures": sum(figures),
+            "n_measured": phot.get("n_measured")}
+
+
+def child_increment(red_dir, new_frames, second_frames):
+    """Re-run after the new frames arrived (this process fresh: "cold"), then again after 10
+    more (its imports done: "warm"); then time measuring those 10 frames alone, warm."""
+    from astropy.table import Table
+
+    from pipekit.config import load_reduction_config
+    from pipekit.errors import FrameError
+    from pipekit.photometry import measure_frame_file, workers, write_ecsv
+    from pipekit.photometry.dataset import bright_rows
+
+    red_dir = Path(red_dir)
+    cold = _timed_increment(red_dir)
+    for f in second_frames:
+        os.link(f, red_dir / f.name)
+    warm = _timed_increment(red_dir)
+    config = load_reduction_config(red_dir / "reduction_config.yaml")
     stars = Table.read(red_dir / "photometry" / "reference_stars.ecsv", format="ascii.ecsv")
-    bright = _bright_rows(stars)
+    bright = bright_rows(stars)
     scratch = Path(tempfile.mkdtemp(prefix="pipekit-bench-"))
     try:
         t0 = time.perf_counter()
         n_new = 0
-        for f in new_frames:
+        for f in second_frames:
             try:  # a frame the pipeline rejected is rejected here too, at the same cost
-                table = measure_frame_file(f, stars, config, bright)
+                table = measure_frame_file(red_dir / f.name, stars, config, bright)
             except FrameError:
                 continue
             write_ecsv(table, scratch / (f.name + ".ecsv"))
@@ -78,9 +114,9 @@ def child_increment(red_dir, new_frames):
         t_new = time.perf_counter() - t0
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(json.dumps({"photometry": t_phot, "lightcurve": t_lc, "measure_new": t_new,
-                      "n_measured": phot.get("n_measured"), "n_skipped": phot.get("n_skipped"),
-                      "n_new_measured": n_new}))
+    print(json.dumps({"cold": cold, "warm": warm, "measure_new": t_new,
+                      "n_new_measured": n_new,
+                      "processes": workers.photometry_processes(config, len(second_frames))}))
 
 
 def run_child(*args):
@@ -102,11 +138,13 @@ def main():
     parser.add_argument("--child-full", help=argparse.SUPPRESS)
     parser.add_argument("--child-increment", help=argparse.SUPPRESS)
     parser.add_argument("--new", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--second", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_full:
         return child_full(args.child_full)
     if args.child_increment:
-        return child_increment(args.child_increment, [Path(p) for p in args.new])
+        return child_increment(args.child_increment, [Path(p) for p in args.new],
+                               [Path(p) for p in args.second])
 
     from pipekit import lco
     from pipekit.config import write_reduction_config
@@ -117,7 +155,7 @@ def main():
     pool = root / "pool"
     rows = []
     try:
-        need = max(sizes) + NEW
+        need = max(sizes) + 2 * NEW
         if len(lco.list_frames(pool)) < need:
             shutil.rmtree(pool, ignore_errors=True)
             t0 = time.perf_counter()
@@ -140,8 +178,10 @@ def main():
             new = [red_dir / f.name for f in frames[n:n + NEW]]
             for f, dst in zip(frames[n:n + NEW], new):
                 os.link(f, dst)
-            inc = run_child("--child-increment", str(red_dir), "--new", *map(str, new))
-            assert inc["n_measured"] == inc["n_new_measured"], inc
+            second = frames[n + NEW:n + 2 * NEW]   # linked by the child, after its first run
+            inc = run_child("--child-increment", str(red_dir), "--new", *map(str, new),
+                            "--second", *map(str, second))
+            assert inc["warm"]["n_measured"] == inc["n_new_measured"], inc
             rows.append((n, full, inc))
             print(f"N = {n}: {json.dumps(full)} {json.dumps(inc)}", flush=True)
             shutil.rmtree(red_dir.parents[2], ignore_errors=True)
@@ -149,19 +189,28 @@ def main():
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\n{args.shape}x{args.shape} frames, {args.stars} simulated stars; increment = "
-          f"{NEW} new frames (those the alignment rejects are rejected in both columns), "
-          "photometry + light-curve steps in a fresh process\n")
-    print(f"{'N':>5s} {'full (s)':>9s} {'peak MB':>8s} {'measure 10':>11s} {'photometry':>11s} "
-          f"{'lightcurve':>11s} {'increment':>10s} {'inc/meas':>9s} {'lc/meas':>8s}")
+    print(f"\n{args.shape}x{args.shape} frames, {args.stars} simulated stars; an increment = "
+          f"{NEW} new frames: photometry and light-curve steps, in a fresh process (cold) and "
+          f"again for {NEW} more in the same process (warm: imports done, as in a Manager "
+          "worker or a notebook); measure 10 = measuring the second 10 frames one by one in "
+          "that process, warm; the light-curve step is split into the light curve (table, "
+          "ECSV, TOM CSV) and its two figures\n")
+    print(f"{'N':>5s} {'full (s)':>9s} {'peak MB':>11s} {'measure 10':>10s} "
+          f"{'cold: phot':>10s} {'lc':>6s} {'figs':>6s} {'warm: phot':>10s} {'lc':>6s} "
+          f"{'figs':>6s} {'inc/meas':>8s} {'lc/meas':>8s} {'+figs':>6s}")
     for n, full, inc in rows:
-        total = inc["photometry"] + inc["lightcurve"]
-        print(f"{n:5d} {full['seconds']:9.1f} {full['maxrss_mb']:8.0f} "
-              f"{inc['measure_new']:11.3f} {inc['photometry']:11.3f} {inc['lightcurve']:11.3f} "
-              f"{total:10.3f} {total / inc['measure_new']:9.2f} "
-              f"{inc['lightcurve'] / inc['measure_new']:8.2f}")
-    print("\ninc/meas: the increment over measuring the 10 frames alone (target <= 1.1); "
-          "lc/meas: the light-curve step over it (target < 0.10 at N = 2000)")
+        c, w, m = inc["cold"], inc["warm"], inc["measure_new"]
+        total = w["photometry"] + w["lightcurve"]
+        peak = f"{full['maxrss_mb']:.0f}+{full['worker_maxrss_mb']:.0f}"
+        print(f"{n:5d} {full['seconds']:9.1f} {peak:>11s} {m:10.3f} "
+              f"{c['photometry']:10.3f} {c['lightcurve']:6.3f} {c['figures']:6.3f} "
+              f"{w['photometry']:10.3f} {w['lightcurve']:6.3f} {w['figures']:6.3f} "
+              f"{total / m:8.2f} {w['lightcurve'] / m:8.2f} "
+              f"{(total + w['figures']) / m:6.2f}")
+    print(f"\nphotometry in {rows[-1][2]['processes']} processes. inc/meas: the warm "
+          "increment (photometry + light curve) over measuring the 10 frames alone (target "
+          "<= 1.1); lc/meas: the light curve over it (target < 0.10 at N = 2000); +figs: the "
+          "increment with the figures, over it")
 
 
 if __name__ == "__main__":

@@ -114,9 +114,21 @@ def robust_mean(values, errors, clip=3.0, max_iter=10):
 
 # ---- per-frame facts -----------------------------------------------------------------
 
-def _frame_paths(red_dir):
-    from .datasets import dataset_frames
-    return {p.name: p for p in dataset_frames(red_dir, log_layout=True)}
+class _FramePaths:
+    """Where a dataset's frame files are, by name, looked up one by one (not listed): at
+    the top of the dataset, else in ``data/`` (`pipekit.datasets.dataset_frames`)."""
+
+    def __init__(self, red_dir):
+        from .datasets import LEGACY_FRAME_DIR
+
+        self.folders = (Path(red_dir), Path(red_dir) / LEGACY_FRAME_DIR)
+
+    def get(self, name):
+        for folder in self.folders:
+            path = folder / name
+            if path.is_file():
+                return path
+        return None
 
 
 def _load_cache(red_dir):
@@ -154,7 +166,7 @@ def frame_facts(red_dir, names, paths=None, cache=None):
     from .frames import read_frame_info
 
     red_dir = Path(red_dir)
-    paths = _frame_paths(red_dir) if paths is None else paths
+    paths = _FramePaths(red_dir) if paths is None else paths
     own_cache = cache is None
     cache = _load_cache(red_dir) if own_cache else cache
     out, changed = {}, False
@@ -386,8 +398,14 @@ def calibrate(red_dir, config, tables, ensemble, frames_idx, stars):
     scale_err = np.asarray(ensemble.zero_point_err, float)[frames_idx]
     exptime = np.array([float(t.meta["exptime"]) for t in tables])
     names = [t.meta["frame"] for t in tables]
-    paths = _frame_paths(red_dir)
-    facts = frame_facts(red_dir, names, paths)
+    paths = _FramePaths(red_dir)
+    # the photometry files hold L1ZP (files of earlier versions do not: their headers are read)
+    facts = {t.meta["frame"]: {"l1zp": t.meta.get("l1zp"), "l1zperr": t.meta.get("l1zperr"),
+                               "mjd_mid": t.meta.get("mjd_mid_utc")}
+             for t in tables if "l1zp" in t.meta}
+    missing = [name for name in names if name not in facts]
+    if missing:
+        facts.update(frame_facts(red_dir, missing, paths))
     reasons = {}
     result = None
     nan = np.full(len(tables), np.nan)

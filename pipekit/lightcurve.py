@@ -336,6 +336,8 @@ def plot_lightcurve(lc, path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from .quality import PNG_OPTIONS
+
     t = lc.table
     time = np.asarray(t["time"], float)
     offset = np.floor(time.min()) if len(time) else 0.0
@@ -360,7 +362,7 @@ def plot_lightcurve(lc, path):
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", pil_kwargs=PNG_OPTIONS)
     return write_bytes_atomic(path, buf.getvalue())
 
 

@@ -78,6 +78,39 @@ def test_banzai_zero_points_give_magnitudes_on_the_simulated_scale(two_telescope
     assert "calibrated magnitude (banzai)" in table["mag"].description
 
 
+def test_a_rebuild_reads_l1zp_from_the_photometry_files_not_the_frame_headers(
+        two_telescopes, tmp_path, monkeypatch):
+    import shutil
+
+    from pipekit import frames
+    from pipekit.photometry.store import SUMMARY_NAME, ecsv_text, read_frame_ecsv
+
+    (red, _, lc), _ = two_telescopes
+    first = Table.read(lc["ecsv"], format="ascii.ecsv").meta
+    copy = tmp_path / "T" / "sinistro" / "ip"
+    shutil.copytree(red, copy)
+
+    def no_headers(path):
+        raise AssertionError(f"{path}: header read")
+
+    with monkeypatch.context() as m:
+        m.setattr(frames, "read_frame_info", no_headers)
+        again = build_lightcurve(copy).table.meta
+    assert (again["zeropoint"], again["zp_err"]) == (first["zeropoint"], first["zp_err"])
+    # photometry files of an earlier pipekit, without l1zp: the headers are read instead
+    written = sorted((copy / "photometry").glob("*e91.ecsv"))
+    assert len(written) == COMMON["n_frames"]
+    for path in written:
+        table = read_frame_ecsv(path)
+        del table.meta["l1zp"], table.meta["l1zperr"]
+        path.write_text(ecsv_text(table))
+    (copy / "photometry" / SUMMARY_NAME).unlink()
+    shutil.rmtree(copy / "calibration")
+    old = build_lightcurve(copy).table.meta
+    assert old["zeropoint"] == pytest.approx(first["zeropoint"], abs=1e-12)
+    assert old["calibration"]["n_valid_l1zp"] == first["calibration"]["n_valid_l1zp"]
+
+
 def test_two_telescopes_of_one_target_agree_within_their_zero_point_errors(two_telescopes):
     (_, _, lc1), (_, _, lc2) = two_telescopes
     a = Table.read(lc1["ecsv"], format="ascii.ecsv")

@@ -336,6 +336,7 @@ def measure_frame_data(frame, path, stars, config, bright, background=None):
         "shift_px": [dx, dy], "n_shift_stars": n_shift,
         "sky_level": bkg.level, "sky_gradient": bkg.gradient,
         "cr_hits_target": int(hits[0]), "cr_hits_total": int(hits.sum()),
+        "l1zp": info.l1zp, "l1zperr": info.l1zperr,
         "n_stars": len(stars), "settings_hash": frame_settings_hash(config),
     }
     return table, info
