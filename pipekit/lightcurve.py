@@ -9,6 +9,7 @@ import csv
 import io
 import dataclasses
 import json
+import os
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,8 +163,10 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     tables = []
     # the summary holds what every per-frame file gave last time: only new files are read
     summary = FrameSummary(phot_dir)
-    paths = [p for p in sorted(phot_dir.glob("*.ecsv"))
-             if p.name != REFERENCE_STARS and not p.name.startswith(".")]
+    with os.scandir(phot_dir) as entries:  # names sorted as text: no Path per comparison
+        names = sorted(e.name for e in entries if e.name.endswith(".ecsv")
+                       and e.name != REFERENCE_STARS and not e.name.startswith("."))
+    paths = [phot_dir / name for name in names]
     ids = np.asarray(stars["id"])
     for path, meta, columns in summary.refresh(paths):
         if meta is None:

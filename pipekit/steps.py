@@ -347,7 +347,9 @@ def photometry(red_dir, pipeline=None):
     -------
     dict
         ``status``, ``n_frames``, ``n_measured`` (this run), ``n_skipped`` (already done),
-        ``n_rejected``, ``rejected`` (frame -> reason, first 50), ``reference_frame``,
+        ``n_rejected``, ``n_rejected_unchanged`` (of those, rejected by an earlier run and
+        not tried again: file and settings unchanged), ``rejected`` (frame -> reason, first
+        50), ``reference_frame``,
         ``n_stars``, ``photometry_dir``. ``"error"`` when the config cannot be read, the
         dataset holds no frame, or no frame could be measured at all.
     """
@@ -361,6 +363,7 @@ def photometry(red_dir, pipeline=None):
         "n_measured": len(result.measured),
         "n_skipped": len(result.skipped),
         "n_rejected": len(result.rejected),
+        "n_rejected_unchanged": len(result.unchanged_rejected),
         "rejected": _first(result.rejected),
         "reference_frame": result.reference_frame,
         "n_stars": result.n_stars,

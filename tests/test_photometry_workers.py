@@ -97,8 +97,16 @@ def test_run_ordered_yields_in_order_with_errors_per_frame_and_keeps_frames_wher
         cands = [g[1] for i, g in enumerate(got) if i != 2]
         assert all(c is not None and c.depth > 0 for c in cands)
         assert all(pool.holds(f) for f in files)       # each kept by the worker that read it
-        best = max(cands, key=lambda c: c.depth)
-        stars = pool.call("reference_stars", best.path, best, cands, "test")
+        from pipekit.photometry.reference import select_reference_stars
+
+        rejected = {}
+        stars = select_reference_stars(paths, config, rejected, red, pool)
+        assert stars.meta["reference_frame"] == max(cands, key=lambda c: c.depth).path.name
+        assert list(rejected) == ["broken.fits"]
+        with InlinePool(config) as inline:   # the same list, made in one process
+            alone = select_reference_stars(paths, config, {}, red, inline)
+        np.testing.assert_allclose(np.asarray(alone["x_ref"]), np.asarray(stars["x_ref"]),
+                                   rtol=0, atol=1e-9)
         pool.broadcast("use_stars", stars)
         measured = list(pool.run_ordered("measure", files))
         assert [m[0] for m in measured] == files
@@ -136,6 +144,10 @@ def test_a_frame_that_kills_its_worker_is_rejected_and_the_others_measured(tmp_p
     assert f"{once}: the worker process measuring it died (killed by signal 9 (SIGKILL)); " \
         "trying it again" in caplog.text
     assert multiprocessing.active_children() == []
+    from pipekit.photometry.dataset import REJECTED_STAMPS
+    import json
+    stamps = json.loads((red / "photometry" / REJECTED_STAMPS).read_text())
+    assert deadly not in stamps["frames"]   # a dying worker may be the machine's fault: again
 
 
 def test_worker_logs_and_errors_reach_this_process(tmp_path, caplog):
@@ -260,3 +272,40 @@ def test_the_highest_sky_is_found_without_making_the_map():
                 1000 + 400 * np.exp(-((xx - 330) ** 2 + (yy - 20) ** 2) / 5000.0)):  # a corner
         bkg = background_map((sky + rng.normal(0, 5, sky.shape)).astype(np.float32), box=32)
         assert bkg.highest() == pytest.approx(float(bkg.map32().max()), rel=1e-7)
+
+
+def test_a_rejected_frame_is_not_tried_again_until_its_file_or_the_settings_change(
+        tmp_path, monkeypatch, caplog):
+    from astropy.io import fits
+
+    from pipekit.photometry.dataset import REJECTED_STAMPS
+
+    red, truth = _dataset(tmp_path, n_frames=5)
+    frame = read_frame(truth.files[1])
+    header = frame.header.copy()
+    for key in ("CTYPE1", "CTYPE2"):
+        del header[key]
+    fits.writeto(red / "nowcs.fits", frame.data, header)
+    first = measure_dataset(red, _config(red, 1))
+    assert set(first.rejected) == {"nowcs.fits"} and first.unchanged_rejected == []
+    tried = []
+    measure = workers.FrameWork.measure
+    monkeypatch.setattr(workers.FrameWork, "measure",
+                        lambda self, path: tried.append(path.name) or measure(self, path))
+    caplog.set_level(logging.INFO, "pipekit.photometry")
+    again = measure_dataset(red, _config(red, 1))
+    assert tried == [] and again.unchanged_rejected == ["nowcs.fits"]
+    assert again.rejected == first.rejected
+    assert "1 rejected (1 of them unchanged since an earlier run rejected them" in caplog.text
+    os.utime(red / "nowcs.fits", ns=(time.time_ns(), time.time_ns() + 10 ** 9))  # replaced
+    third = measure_dataset(red, _config(red, 1))
+    assert tried == ["nowcs.fits"] and third.unchanged_rejected == []
+    config = _config(red, 1)
+    config.photometry.align_tolerance_arcsec = 0.9   # another setting: everything again
+    tried.clear()
+    measure_dataset(red, config)
+    assert "nowcs.fits" in tried and len(tried) == 6
+    (red / "photometry" / REJECTED_STAMPS).unlink()
+    tried.clear()
+    measure_dataset(red, config)
+    assert tried == ["nowcs.fits"]

@@ -33,7 +33,8 @@ from .store import FrameSummary, done_stamp, ecsv_text, read_frame_ecsv
 from .times import bjd_tdb, bjd_tdb_many
 from .workers import frame_pool
 
-__all__ = ["REFERENCE_STARS", "REJECTED_FRAMES", "DatasetPhotometry", "measure_dataset",
+__all__ = ["REFERENCE_STARS", "REJECTED_FRAMES", "REJECTED_STAMPS", "DatasetPhotometry",
+           "measure_dataset",
            "measure_frame_file", "measure_frame_data", "load_dataset_config", "write_ecsv",
            "invalidate_frame", "frame_photometry_path", "bright_rows"]
 
@@ -43,6 +44,10 @@ log = logging.getLogger("pipekit.photometry")
 REFERENCE_STARS = "reference_stars.ecsv"
 #: Frame name -> reason, for every frame not measured, inside ``<red_dir>/photometry/``.
 REJECTED_FRAMES = "rejected_frames.json"
+#: Frames whose measuring rejected them, with their file's ``[size, mtime_ns]`` and the
+#: settings then, inside ``<red_dir>/photometry/``: such a frame is not tried again until its
+#: file or the settings change (derived data: deleting the file tries them all again).
+REJECTED_STAMPS = "rejected_frames_stamps.json"
 #: Frames measured before their files are written together (their BJD_TDB in one call):
 #: an interrupted run loses at most this many frames' work.
 WRITE_GROUP = 8
@@ -61,6 +66,9 @@ class DatasetPhotometry:
         Frames measured by this call.
     skipped : list of str
         Frames whose photometry was already on disk.
+    unchanged_rejected : list of str
+        Frames rejected by an earlier run, not tried again: their file and the settings are
+        unchanged since (their reasons are in ``rejected``).
     rejected : dict
         Frame name -> reason, for frames that could not be measured.
     reference_frame : str
@@ -74,6 +82,7 @@ class DatasetPhotometry:
     n_frames: int = 0
     measured: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    unchanged_rejected: list = field(default_factory=list)
     rejected: dict = field(default_factory=dict)
     reference_frame: str | None = None
     n_stars: int = 0
@@ -401,10 +410,15 @@ def measure_dataset(red_dir, config=None):
     # a frame is done when its file was made with today's settings (Luigi's task identity)
     digest = frame_settings_hash(config)
     summary = FrameSummary(phot_dir)
-    todo = []
+    known = _known_rejections(phot_dir, digest)
+    todo, stamps = [], {}
     for f in frames:
-        if _done_with(frame_photometry_path(red_dir, f), digest, summary):
+        if _done_with(phot_dir / (lco.frame_stem(f.name) + ".ecsv"), digest, summary):
             result.skipped.append(f.name)
+        elif f.name in known and known[f.name]["stamp"] == done_stamp(f):
+            rejected[f.name] = known[f.name]["reason"]  # the same file, the same settings
+            stamps[f.name] = known[f.name]
+            result.unchanged_rejected.append(f.name)
         else:
             todo.append(f)
     stars = _stored_reference_stars(phot_dir, config)
@@ -419,12 +433,35 @@ def measure_dataset(red_dir, config=None):
         result.reference_frame = stars.meta.get("reference_frame")
         result.n_stars = len(stars)
         if todo:
-            _measure_frames(todo, stars, config, red_dir, rejected, result, pool)
+            try:
+                _measure_frames(todo, stars, config, red_dir, rejected, result, pool, stamps)
+            finally:
+                _write_rejection_stamps(phot_dir, digest, stamps, rejected)
     result.rejected = rejected
     _write_rejected(phot_dir, rejected)
-    log.info("%s: %d frames measured, %d already done, %d rejected", red_dir,
-             len(result.measured), len(result.skipped), len(rejected))
+    unchanged = (f" ({len(result.unchanged_rejected)} of them unchanged since an earlier run "
+                 "rejected them: not tried again)" if result.unchanged_rejected else "")
+    log.info("%s: %d frames measured, %d already done, %d rejected%s", red_dir,
+             len(result.measured), len(result.skipped), len(rejected), unchanged)
     return result
+
+
+def _known_rejections(phot_dir, digest):
+    """Frame name -> ``{"reason", "stamp"}`` of frames rejected with today's settings."""
+    try:
+        data = json.loads((phot_dir / REJECTED_STAMPS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("settings_hash") != digest:
+        return {}
+    frames = data.get("frames")
+    return frames if isinstance(frames, dict) else {}
+
+
+def _write_rejection_stamps(phot_dir, digest, stamps, rejected):
+    kept = {name: entry for name, entry in stamps.items() if name in rejected}
+    write_text_atomic(phot_dir / REJECTED_STAMPS, json.dumps(
+        {"settings_hash": digest, "frames": kept}, indent=1, sort_keys=True))
 
 
 def bright_rows(stars):
@@ -435,7 +472,7 @@ def bright_rows(stars):
     return bright[bright != 0]
 
 
-def _measure_frames(todo, stars, config, red_dir, rejected, result, pool):
+def _measure_frames(todo, stars, config, red_dir, rejected, result, pool, stamps):
     """Measure ``todo`` in ``pool``; write each group's files once its BJD_TDB are known."""
     batch = []
 
@@ -472,18 +509,25 @@ def _measure_frames(todo, stars, config, red_dir, rejected, result, pool):
                     if len(batch) >= WRITE_GROUP:
                         flush()
                 else:
-                    _reject(f, error, rejected)
+                    _reject(f, error, rejected, stamps)
     finally:
         flush()
 
 
-def _reject(f, error, rejected):
-    """Record why frame ``f`` was not measured; an unexpected error with its traceback."""
-    from .workers import RemoteError
+def _reject(f, error, rejected, stamps):
+    """Record why frame ``f`` was not measured; an unexpected error with its traceback.
+
+    A frame its measuring rejects (`FrameError`: alignment, WCS, header, pixels) gets a
+    stamp in ``stamps``: it is not tried again while its file and the settings stay the
+    same. Anything else (a crash, a dying worker process) is tried again on the next run.
+    """
+    from .workers import RemoteError, WorkerDied
 
     if isinstance(error, (FrameError, PipekitError)) and not isinstance(error, RemoteError):
         rejected[f.name] = str(error)
         log.warning("rejected %s: %s", f.name, error)
+        if isinstance(error, FrameError) and not isinstance(error, WorkerDied):
+            stamps[f.name] = {"reason": str(error), "stamp": done_stamp(f)}
         return
     name = getattr(error, "type_name", None) or type(error).__name__
     # one bad frame never stops the others (BANZAI's habit)

@@ -24,7 +24,7 @@ from .detection import background_map, bright_sources, detect_stars, select_star
 __all__ = ["settings_px", "frame_fwhm_px", "check_pixels", "star_list_hash",
            "frame_settings_hash", "field_depth", "select_reference_stars", "DEPTH_CANDIDATES",
            "Candidate", "TargetOffFrame", "examine_candidate", "reference_star_list",
-           "field_star_candidates", "wcs_target_estimate"]
+           "field_star_candidates", "wcs_target_estimate", "target_on_reference", "star_list"]
 
 log = logging.getLogger("pipekit.photometry")
 
@@ -263,7 +263,8 @@ def select_reference_stars(frames, config, rejected, red_dir, pool=None):
     if wanted:
         why = "photometry.reference_frame"
     # The stars are searched in bands of rows, one per process, the worker keeping the frame
-    # handing the other bands out; this process places the target from the WCS meanwhile.
+    # handing the other bands out; this process estimates the target's position from the
+    # WCS meanwhile, and that worker centroids it once its band is searched.
     splitting = pool.submit("split_detection", best.path, best, pool.processes)
     kept_band = pool.submit("detect_kept_band", best.path)
     jobs = pool.result(splitting)
@@ -271,6 +272,7 @@ def select_reference_stars(frames, config, rejected, red_dir, pool=None):
         others = [pool.submit_elsewhere("detect_band", best.path, *job) for job in jobs]
         estimate = None if config.photometry.target_xy is not None else \
             wcs_target_estimate(best, cands, config)
+        targeting = pool.submit("target_position", best.path, best, cands, estimate)
         bands = [pool.result(t) for t in [kept_band] + others]
     finally:
         for job in jobs:
@@ -279,7 +281,7 @@ def select_reference_stars(frames, config, rejected, red_dir, pool=None):
     found = select_stars(bands, best.shape, best.fwhm,
                          max_stars=4 * config.photometry.max_field_stars,
                          border=s["annulus_out"], min_separation=s["radius"] + best.fwhm)
-    stars = pool.call("reference_stars", best.path, best, cands, why, estimate, found)
+    stars = star_list(best, cands, config, why, found, pool.result(targeting))
     log.info("%s: %d field stars on %s (%s); target %s", red_dir, len(stars) - 1,
              best.path.name, why, stars.meta["target_position"])
     return stars
@@ -336,15 +338,42 @@ def reference_star_list(frame, background, best, cands, config, why, *, found=No
     astropy.table.Table
         See `select_reference_stars`.
     """
-    from astropy.table import Table
-
-    p = config.photometry
-    info = frame.info
-    s = settings_px(config, info.pixscale)
     bkg = background if background is not None else background_map(frame.data)
     if found is None:
         found = field_star_candidates(frame, bkg, best, config)
-    tx, ty, how = _target_on_reference(frame, best, cands, config, s, bkg, estimate)
+    target = target_on_reference(frame, bkg, best, cands, config, estimate)
+    return star_list(best, cands, config, why, found, target)
+
+
+def target_on_reference(frame, background, best, cands, config, estimate=None):
+    """The target's position on the reference frame: pinned, else centroided near the
+    frames' WCS estimate (`wcs_target_estimate`).
+
+    Returns
+    -------
+    tuple
+        ``(x, y, how, (sky level, sky gradient))``: 0-based pixels, how the position was
+        found (in words), and the reference frame's background figures.
+    """
+    s = settings_px(config, frame.info.pixscale)
+    tx, ty, how = _target_on_reference(frame, best, cands, config, s, background, estimate)
+    return tx, ty, how, (background.level, background.gradient)
+
+
+def star_list(best, cands, config, why, found, target):
+    """The reference star list from the sources found (`field_star_candidates`) and the
+    target (`target_on_reference`): the target first, then the brightest field stars.
+
+    Raises
+    ------
+    PipekitError
+        Fewer than ``photometry.min_field_stars`` field stars (after a WARNING).
+    """
+    from astropy.table import Table
+
+    p = config.photometry
+    s = settings_px(config, best.info.pixscale)
+    tx, ty, how, (sky_level, sky_gradient) = target
     far = np.hypot(found["x"] - tx, found["y"] - ty) > s["annulus_in"]
     found = found[far]
     n = min(len(found), p.max_field_stars)
@@ -356,7 +385,7 @@ def reference_star_list(frame, background, best, cands, config, why, *, found=No
         raise PipekitError(msg)
     xs = np.concatenate([[tx], found["x"][:n]])
     ys = np.concatenate([[ty], found["y"][:n]])
-    ra, dec = frame.wcs.all_pix2world(xs, ys, 0)
+    ra, dec = best.wcs.all_pix2world(xs, ys, 0)
     stars = Table({"id": np.arange(n + 1), "ra": ra, "dec": dec, "x_ref": xs, "y_ref": ys,
                    "flux_ref": np.concatenate([[np.nan], found["flux"][:n]]),
                    "is_target": np.arange(n + 1) == 0})
@@ -364,7 +393,7 @@ def reference_star_list(frame, background, best, cands, config, why, *, found=No
                   "reference_depth": {c.path.name: c.depth for c in cands},
                   "fwhm_px": float(best.fwhm), "target": config.target.name,
                   "target_position": how, "detection_sigma": float(p.detection_sigma),
-                  "sky_level": bkg.level, "sky_gradient": bkg.gradient,
+                  "sky_level": sky_level, "sky_gradient": sky_gradient,
                   "settings_hash": star_list_hash(config)}
     return stars
 

@@ -276,13 +276,13 @@ class FrameSummary:
         """
         out, seen = [], set()
         for path in paths:
-            path = Path(path)
-            seen.add(path.name)
+            name = os.path.basename(path)
+            seen.add(name)
             try:
-                stamp = _stamp(path.stat())
+                stamp = _stamp(os.stat(path))
             except FileNotFoundError:
                 continue
-            entry = self.entries.get(path.name)
+            entry = self.entries.get(name)
             if entry is None or entry["stamp"] != stamp:
                 try:
                     meta, columns = read_frame_columns(path, SUMMARY_COLUMNS)
@@ -290,7 +290,7 @@ class FrameSummary:
                     out.append((path, None, exc))
                     continue
                 entry = {"stamp": stamp, "meta": meta, "columns": columns}
-                self.entries[path.name] = entry
+                self.entries[name] = entry
                 self.changed = True
             out.append((path, entry["meta"], entry["columns"]))
         for name in list(self.entries):

@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import FrameError, PipekitError
 from .reading import CACHE_BYTES, FrameCache
 
-__all__ = ["FrameWork", "InlinePool", "ProcessPool", "RemoteError", "frame_pool",
+__all__ = ["FrameWork", "InlinePool", "ProcessPool", "RemoteError", "WorkerDied", "frame_pool",
            "photometry_processes", "MAX_AUTO_PROCESSES"]
 
 log = logging.getLogger("pipekit.photometry")
@@ -89,11 +89,16 @@ class RemoteError(PipekitError):
         return RemoteError, (str(self), self.type_name, self.remote_traceback)
 
 
+class WorkerDied(FrameError):
+    """A frame rejected because the worker processes measuring it died: tried again on the
+    next run (the cause may have been the machine's, such as its memory)."""
+
+
 class FrameWork:
     """One process's frame work: the frames it keeps, the star list, and the tasks.
 
     Every task takes the frame's path first; a frame read by ``examine`` or
-    ``reference_stars`` is kept (within ``budget``) for its ``measure``.
+    ``split_detection`` is kept (within ``budget``) for its ``measure``.
 
     Parameters
     ----------
@@ -173,13 +178,15 @@ class FrameWork:
         return dao_sources(band_residual(band, y0, background), fwhm, threshold, peak_max,
                            y0=y0, keep=tuple(keep))
 
-    def reference_stars(self, path, best, cands, why, estimate=None, found=None):
-        """The field-star list on the reference frame ``path`` (`reference_star_list`)."""
-        from .reference import reference_star_list
+    def target_position(self, path, best, cands, estimate=None):
+        """The target's position on the reference frame ``path`` (`target_on_reference`)."""
+        from .detection import background_map
+        from .reference import target_on_reference
 
         frame, bkg = self._kept(path)
-        return reference_star_list(frame, bkg, best, cands, self.config, why, found=found,
-                                   estimate=estimate)
+        bkg = bkg if bkg is not None else background_map(frame.data)
+        return target_on_reference(frame, bkg, best, cands, self.config, estimate)
+
 
     def use_stars(self, stars):
         """Set the star list that ``measure`` places on each frame."""
@@ -521,7 +528,7 @@ class ProcessPool:
             log.warning("%s: the worker process measuring it died (%s)%s", path.name, cause,
                         "" if deaths >= DEATHS_TO_REJECT else "; trying it again")
             if deaths >= DEATHS_TO_REJECT:
-                self._done[task] = (False, FrameError(
+                self._done[task] = (False, WorkerDied(
                     f"{path}: the process measuring this frame died {deaths} times ({cause}); "
                     "the frame may be corrupt in a way that crashes its decompression"))
             else:
