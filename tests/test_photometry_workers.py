@@ -16,7 +16,7 @@ from astropy.table import Table
 
 from pipekit.config import load_reduction_config, write_reduction_config
 from pipekit.frames import read_frame
-from pipekit.photometry import measure_dataset, workers
+from pipekit.photometry import measure_dataset, tasks, workers
 from pipekit.photometry.reading import FrameCache
 from pipekit.photometry.workers import InlinePool, ProcessPool, photometry_processes
 from pipekit.testing.simulate import simulate_dataset
@@ -124,7 +124,7 @@ def test_a_frame_that_kills_its_worker_is_rejected_and_the_others_measured(tmp_p
     red, truth = _dataset(tmp_path)
     deadly, once = truth.files[2].name, truth.files[4].name
     parent = os.getpid()
-    measure = workers.FrameWork.measure
+    measure = tasks.FrameWork.measure
     marker = tmp_path / "died-once"
 
     def crashing(self, path):
@@ -135,7 +135,7 @@ def test_a_frame_that_kills_its_worker_is_rejected_and_the_others_measured(tmp_p
             os.kill(os.getpid(), signal.SIGKILL)   # as the out-of-memory killer, once
         return measure(self, path)
 
-    monkeypatch.setattr(workers.FrameWork, "measure", crashing)
+    monkeypatch.setattr(tasks.FrameWork, "measure", crashing)
     caplog.set_level(logging.WARNING, "pipekit.photometry")
     result = measure_dataset(red, _config(red, 2))
     assert set(result.rejected) == {deadly}
@@ -289,8 +289,8 @@ def test_a_rejected_frame_is_not_tried_again_until_its_file_or_the_settings_chan
     first = measure_dataset(red, _config(red, 1))
     assert set(first.rejected) == {"nowcs.fits"} and first.unchanged_rejected == []
     tried = []
-    measure = workers.FrameWork.measure
-    monkeypatch.setattr(workers.FrameWork, "measure",
+    measure = tasks.FrameWork.measure
+    monkeypatch.setattr(tasks.FrameWork, "measure",
                         lambda self, path: tried.append(path.name) or measure(self, path))
     caplog.set_level(logging.INFO, "pipekit.photometry")
     again = measure_dataset(red, _config(red, 1))

@@ -228,7 +228,8 @@ def select_reference_stars(frames, config, rejected, red_dir, pool=None):
         No usable reference frame; the target outside every frame; fewer than
         ``min_field_stars`` stars detected (after a WARNING naming the count and frame).
     """
-    from .workers import InlinePool, remove_band_file
+    from .tasks import remove_band_file
+    from .workers import InlinePool
 
     if pool is None:
         with InlinePool(config) as own:
