@@ -157,8 +157,8 @@ def _balanced(values):
     bad = ~np.isfinite(values)
     if not bad.any():
         return values
-    sign = np.where(np.arange(values.shape[-1]) % 2, np.inf, -np.inf)
-    return np.where(bad, np.broadcast_to(sign, values.shape).astype(values.dtype), values)
+    sign = np.where(np.arange(values.shape[-1]) % 2, np.inf, -np.inf).astype(values.dtype)
+    return np.where(bad, sign, values)  # the row of signs broadcast, not copied per row
 
 
 def _block_stats(blocks, spread=True):
