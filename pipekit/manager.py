@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from .signals import StopWorkers, exit_status
 from .summary import Summary
-from .worker import pool_context, run_checkpoint, run_in_context, task_context, warm_up
+from .worker import (CORES_ENV, pool_context, run_checkpoint, run_in_context, task_context,
+                     usable_cores, warm_up)
 from .errors import ConfigError, LockError, PipelineError, describe_os_error
 from .lco import slug
 from .locks import DatasetLock
@@ -364,7 +365,8 @@ class Manager:
                 pool.shutdown(wait=False, cancel_futures=True)
             pool = self._new_pool(workers, len(batch))
         broken = []
-        context = task_context()
+        # the pipelines share the cores: each may use its part (photometry's processes)
+        context = task_context({CORES_ENV: max(1, usable_cores() // workers)})
         try:
             futures = {}
             for n, (i, kw) in enumerate(batch):

@@ -19,7 +19,7 @@ from .pipeline import load
 from .signals import exit_status
 
 __all__ = ["run_checkpoint", "run_in_context", "task_context", "pool_context", "warm_up",
-           "PRELOAD", "resume_only", "last_line"]
+           "PRELOAD", "resume_only", "last_line", "usable_cores", "CORES_ENV"]
 
 log = logging.getLogger("pipekit.manager")
 
@@ -32,6 +32,10 @@ _NOT_GIVEN = object()
 _FIRST_USE_IMPORTS = {"pipekit.steps": ("astropy.table", "astropy.time", "astropy.coordinates",
                                         "photutils.detection", "scipy.ndimage", "scipy.spatial",
                                         "matplotlib.figure", "matplotlib.backends.backend_agg")}
+
+#: Cores each pipeline of a Manager may use (the default pool sets it in its workers to
+#: the cores over ``max_parallel``; photometry starts that many processes per dataset).
+CORES_ENV = "PIPEKIT_CORES_PER_PIPELINE"
 
 #: Imported once by the fork server the default pool's workers start from.
 PRELOAD = ("pipekit.worker", "pipekit.steps", *_FIRST_USE_IMPORTS["pipekit.steps"])
@@ -57,9 +61,27 @@ def pool_context():
     return context
 
 
-def task_context():
-    """The manager's working folder, environment and ``sys.path``, for `run_in_context`."""
-    return os.getcwd(), dict(os.environ), list(sys.path)
+def task_context(environ_defaults=None):
+    """The manager's working folder, environment and ``sys.path``, for `run_in_context`.
+
+    Parameters
+    ----------
+    environ_defaults : dict, optional
+        Variables set in the task's environment where the manager's does not set them
+        (`CORES_ENV`).
+    """
+    environ = dict(os.environ)
+    for key, value in (environ_defaults or {}).items():
+        environ.setdefault(key, str(value))
+    return os.getcwd(), environ, list(sys.path)
+
+
+def usable_cores():
+    """CPU cores this process may run on (Slurm's and taskset's binding counted)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def run_in_context(context, path, run_kwargs=None, submitted_started=_NOT_GIVEN):

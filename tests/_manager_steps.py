@@ -52,3 +52,8 @@ def modules_loaded(names):
     """Which of ``names`` the worker had imported when the step ran."""
     import sys
     return {"status": "success", "loaded": [name for name in names if name in sys.modules]}
+
+
+def cores_given():
+    """The cores the Manager gave this pipeline (``PIPEKIT_CORES_PER_PIPELINE``)."""
+    return {"status": "success", "cores": os.environ.get("PIPEKIT_CORES_PER_PIPELINE")}

@@ -405,3 +405,21 @@ def test_pool_workers_import_the_step_modules_when_they_start(tmp_path):
     assert summary.ok
     loaded = load(tmp_path / "log").step("modules_loaded").result["loaded"]
     assert loaded == ["_manager_steps", "photutils.detection", "matplotlib.figure"]
+
+
+def test_pool_workers_share_the_cores_between_their_pipelines(tmp_path, monkeypatch):
+    from pipekit.worker import CORES_ENV, usable_cores
+
+    monkeypatch.delenv(CORES_ENV, raising=False)
+    pipes = []
+    for i in range(2):
+        pipe = Pipeline(paths={"log": tmp_path / f"log{i}"}, name=f"p{i}")
+        pipe.add_step(steps.cores_given)
+        pipes.append(pipe)
+    for workers in (1, 2):
+        assert Manager(pipes, max_parallel=workers, progress=False).run().ok
+        given = {load(tmp_path / f"log{i}").step("cores_given").result["cores"] for i in range(2)}
+        assert given == {str(max(1, usable_cores() // workers))}, workers
+    monkeypatch.setenv(CORES_ENV, "1")   # the user's own setting wins
+    assert Manager(pipes, max_parallel=1, progress=False).run().ok
+    assert load(tmp_path / "log0").step("cores_given").result["cores"] == "1"

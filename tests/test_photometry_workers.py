@@ -223,12 +223,17 @@ def test_how_many_processes(tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(1) as threads:   # pipelines run by an executor of threads
         assert threads.submit(photometry_processes, config, 100).result() == 1
+    monkeypatch.setenv("PIPEKIT_CORES_PER_PIPELINE", "1")   # a Manager of max_parallel = cores
+    assert photometry_processes(config, 100) == 1
+    monkeypatch.setenv("PIPEKIT_CORES_PER_PIPELINE", "3")
+    assert photometry_processes(config, 100) == 3
+    monkeypatch.delenv("PIPEKIT_CORES_PER_PIPELINE")
     config.photometry.processes = 3
     assert photometry_processes(config, 100) == 3
     assert photometry_processes(config, 2) == 2
     monkeypatch.setattr(multiprocessing.current_process(), "_config",
                         dict(multiprocessing.current_process()._config, daemon=True))
-    assert photometry_processes(config, 100) == 1   # a Manager or Dask worker
+    assert photometry_processes(config, 100) == 1   # a Dask worker
 
 
 @pytest.mark.parametrize("n_bands", [2, 3])

@@ -422,7 +422,8 @@ def measure_dataset(red_dir, config=None):
         else:
             todo.append(f)
     stars = _stored_reference_stars(phot_dir, config)
-    with frame_pool(config, len(frames) if stars is None else len(todo)) as pool:
+    with frame_pool(config, len(frames) if stars is None else len(todo),
+                    star_search=stars is None) as pool:
         if stars is None:
             try:
                 stars = select_reference_stars(frames, config, rejected, red_dir, pool)

@@ -13,30 +13,37 @@ import numpy as np
 
 from .reading import CACHE_BYTES, FrameCache
 
-__all__ = ["FrameWork", "warm_up", "write_band_file", "remove_band_file", "WORKER_IMPORTS"]
+__all__ = ["FrameWork", "warm_up", "write_band_file", "remove_band_file", "WORKER_IMPORTS",
+           "STAR_SEARCH_IMPORTS"]
 
-#: Imported here before forking, so each worker does not import them again.
+#: Imported here before forking, so each worker does not import them again: what measuring
+#: a frame needs, and (`STAR_SEARCH_IMPORTS`) what choosing the reference frame needs too.
 WORKER_IMPORTS = ("astropy.io.fits", "astropy.wcs", "astropy.table", "astropy.time",
-                  "astropy.stats", "photutils.detection", "scipy.spatial")
-_warmed = []
+                  "scipy.spatial")
+STAR_SEARCH_IMPORTS = ("astropy.stats", "photutils.detection")
+_warmed = set()
 
 
-def warm_up():
-    """Import what the workers use, and run the star finder once (it imports matplotlib on
-    its first call), once per process: forked workers inherit it instead of paying it on
-    every run."""
-    if _warmed:
+def warm_up(star_search=True):
+    """Import what the workers use, once per process: forked workers inherit it instead of
+    paying it on every run.
+
+    With ``star_search``, also run the star finder once on a small image (its first call
+    imports matplotlib and more); without, only what measuring frames needs (a nightly run
+    with the star list on disk).
+    """
+    for module in WORKER_IMPORTS:
+        importlib.import_module(module)
+    if not star_search or "star search" in _warmed:
         return
     from .detection import background_map, detect_stars
 
-    for module in WORKER_IMPORTS:
+    for module in STAR_SEARCH_IMPORTS:
         importlib.import_module(module)
-    import numpy as np
-
     image = np.random.default_rng(0).normal(100.0, 3.0, (96, 96)).astype(np.float32)
     image[40:43, 50:53] += 300.0
     detect_stars(image, 3.0, background=background_map(image, box=32))
-    _warmed.append(True)
+    _warmed.add("star search")
 
 
 class FrameWork:

@@ -8,10 +8,10 @@ out the tasks, writes every file and logs what the workers log; `InlinePool` doe
 work here, one frame after the other. Both keep the frames the reference-frame choice read
 (`FrameCache`), and `ProcessPool` sends a frame's measuring to the worker that holds it.
 
-How many processes: ``photometry.processes`` in ``reduction_config.yaml``; unset, one per
-CPU core this process may use (at most `MAX_AUTO_PROCESSES`), and one inside a daemonic
-process (a `pipekit.manager.Manager` or Dask worker: those already run one dataset per
-core, and may not have children) or outside the main thread.
+How many processes: ``photometry.processes`` in ``reduction_config.yaml``; unset, the
+cores a `pipekit.manager.Manager` gives each of its pipelines, else one per CPU core this
+process may use (at most `MAX_AUTO_PROCESSES`); one inside a daemonic process (a Dask
+worker: it may not have children) or outside the main thread (`photometry_processes`).
 """
 
 import itertools
@@ -244,16 +244,19 @@ class ProcessPool:
     budget : int, optional
         Bytes of pixels each worker keeps (default: `CACHE_BYTES` each for two workers,
         twice that shared by more).
+    star_search : bool
+        Ready the reference frame's star search before forking (`warm_up`); False when
+        only frames are to be measured.
     """
 
-    def __init__(self, config, processes, budget=None):
+    def __init__(self, config, processes, budget=None, star_search=True):
         self.config = config
         self.processes = int(processes)
         self.budget = budget or 2 * CACHE_BYTES // max(self.processes, 2)
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         self._ctx = multiprocessing.get_context(method)
         if method == "fork":
-            warm_up()
+            warm_up(star_search)
         self._ids = itertools.count()
         self._workers = []
         self._replay = []     # broadcasts, sent again to a replacement worker
@@ -502,29 +505,36 @@ class ProcessPool:
 def photometry_processes(config, n_frames):
     """How many processes read and measure ``n_frames`` frames (1: this one alone).
 
-    ``photometry.processes`` when set, else one per CPU core this process may use (at most
-    `MAX_AUTO_PROCESSES`), or 1 outside the main thread (pipelines run by an executor of
-    threads); never more than the frames; 1 inside a daemonic process (a Manager or Dask
-    worker), which may not start processes of its own.
+    ``photometry.processes`` when set; else ``PIPEKIT_CORES_PER_PIPELINE`` when set (a
+    Manager's default pool sets it in its workers to the cores over ``max_parallel``);
+    else one per CPU core this process may use, at most `MAX_AUTO_PROCESSES`. Never more
+    than the frames; 1 inside a daemonic process (a Dask worker), which may not start
+    processes of its own, and, unless set, outside the main thread (pipelines run by an
+    executor of threads).
     """
+    from ..worker import CORES_ENV, usable_cores
+
     wanted = getattr(config.photometry, "processes", None)
     if multiprocessing.current_process().daemon:
         if wanted and wanted > 1:
             log.info("photometry.processes = %d: measuring in this worker process alone (a "
-                     "Manager or Dask worker runs one dataset per core already)", wanted)
+                     "daemonic process may not start processes)", wanted)
         return 1
+    if not wanted:
+        try:
+            wanted = int(os.environ.get(CORES_ENV, "0"))
+        except ValueError:
+            log.warning("%s=%r is not a number of cores; ignored", CORES_ENV,
+                        os.environ.get(CORES_ENV))
+            wanted = 0
     if not wanted:
         if threading.current_thread() is not threading.main_thread():
             return 1  # pipelines run in threads (an executor of threads): one core each
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = 1
-        wanted = min(cores, MAX_AUTO_PROCESSES)
+        wanted = min(usable_cores(), MAX_AUTO_PROCESSES)
     return max(1, min(int(wanted), n_frames))
 
 
-def frame_pool(config, n_frames):
+def frame_pool(config, n_frames, star_search=True):
     """An `InlinePool` or a `ProcessPool` for ``n_frames`` frames of work (a context manager).
 
     Parameters
@@ -532,8 +542,11 @@ def frame_pool(config, n_frames):
     config : pipekit.config.ReductionConfig
     n_frames : int
         Frames to read or measure (the pool has at most that many processes).
+    star_search : bool
+        Whether the reference frame is to be chosen (its star search readied before the
+        workers start), or only frames measured.
     """
     n = photometry_processes(config, n_frames)
     if n <= 1:
         return InlinePool(config)
-    return ProcessPool(config, n)
+    return ProcessPool(config, n, star_search=star_search)
