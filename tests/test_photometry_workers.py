@@ -314,3 +314,36 @@ def test_a_rejected_frame_is_not_tried_again_until_its_file_or_the_settings_chan
     tried.clear()
     measure_dataset(red, config)
     assert tried == ["nowcs.fits"]
+
+
+def test_a_full_dev_shm_sends_the_band_to_the_temporary_folder(monkeypatch):
+    import errno
+    import tempfile
+
+    from pipekit.photometry.tasks import remove_band_file, write_band_file
+
+    band = np.arange(12, dtype=np.float32).reshape(3, 4)
+    save, mkstemp, saves, names = tasks.np.save, tempfile.mkstemp, [], []
+
+    def full_once(fh, array):
+        saves.append(1)
+        if len(saves) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(fh, array)
+
+    def recorded(*args, **kwargs):
+        fd, name = mkstemp(*args, **kwargs)
+        names.append(name)
+        return fd, name
+
+    monkeypatch.setattr(tasks.np, "save", full_once)
+    monkeypatch.setattr(tempfile, "mkstemp", recorded)
+    name = write_band_file(band)
+    try:
+        assert len(names) == 2 and not os.path.exists(names[0])   # the first one removed
+        if os.access("/dev/shm", os.W_OK):
+            assert names[0].startswith("/dev/shm/")
+        assert name == names[1] and name.startswith(tempfile.gettempdir())
+        np.testing.assert_array_equal(np.load(name), band)
+    finally:
+        remove_band_file(name)

@@ -158,19 +158,23 @@ class FrameWork:
 
 def write_band_file(band):
     """Write an image band to a temporary ``.npy`` file, in memory where the system has a
-    tmpfs (``/dev/shm``); return its name."""
+    tmpfs (``/dev/shm``; a container's may be small: when it is full, the temporary folder
+    on disk); return its name."""
     import tempfile
 
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
-        else None
-    fd, name = tempfile.mkstemp(prefix="pipekit-band-", suffix=".npy", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(band))
-    except BaseException:
-        remove_band_file(name)
-        raise
-    return name
+    band = np.ascontiguousarray(band)
+    shm = "/dev/shm"
+    folders = ([shm] if os.path.isdir(shm) and os.access(shm, os.W_OK) else []) + [None]
+    for folder in folders:
+        fd, name = tempfile.mkstemp(prefix="pipekit-band-", suffix=".npy", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, band)
+            return name
+        except BaseException as exc:
+            remove_band_file(name)
+            if not isinstance(exc, OSError) or folder is None:
+                raise
 
 
 def remove_band_file(name):

@@ -103,14 +103,10 @@ class InlinePool:
             else:
                 yield path, value, None
 
-    def call(self, kind, path, *args):
-        """Run task ``kind`` on ``path`` and return its value (its exception propagates)."""
-        return getattr(self.work, kind)(path, *args)
-
     def submit(self, kind, path, *args):
         """Start task ``kind`` on ``path`` (here: run it); `result` gives its value."""
         try:
-            return True, self.call(kind, path, *args)
+            return True, getattr(self.work, kind)(path, *args)
         except Exception as exc:  # noqa: BLE001 - raised by `result`
             return False, exc
 
@@ -464,11 +460,6 @@ class ProcessPool:
         if not ok:
             raise value
         return value
-
-    def call(self, kind, path, *args):
-        """Run task ``kind`` on ``path`` in the worker keeping it and return its value; its
-        exception is raised here."""
-        return self.result(self.submit(kind, path, *args))
 
     def broadcast(self, kind, *args):
         """Run ``kind(*args)`` in every worker (and in any worker started later)."""

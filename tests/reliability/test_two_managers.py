@@ -20,7 +20,7 @@ from pipekit.workflows import download_pipeline
 
 HERE = Path(__file__).resolve().parent
 FOUR = _chain.DATASETS + (("lsc", "1m005", "fa15", "gp"), ("coj", "0m409", "sq34", "ip"))
-EXCLUDED = {"reference_stars.ecsv", "rejected_frames.json"}
+EXCLUDED = {"reference_stars.ecsv", "rejected_frames.json", "rejected_frames_stamps.json"}
 
 
 @pytest.mark.slow
