@@ -65,7 +65,7 @@ def test_fast_ecsv_reader_gives_what_astropys_reader_gives(tmp_path):
         cases.append(path)
     fast = [store._parse_plain_ecsv(p.read_text()) is not None for p in cases]
     assert fast == [True, True, False, True]
-    assert store._parse_plain_ecsv(astropy_written.read_text()) is None
+    # astropy's own file: parsed here when plain (astropy < 7 writes plain meta), else by it
     for path in cases + [astropy_written]:
         ours, theirs = store.read_frame_ecsv(path), Table.read(path, format="ascii.ecsv")
         assert ours.colnames == theirs.colnames, path
