@@ -347,3 +347,12 @@ def test_a_full_dev_shm_sends_the_band_to_the_temporary_folder(monkeypatch):
         np.testing.assert_array_equal(np.load(name), band)
     finally:
         remove_band_file(name)
+
+
+def test_a_band_lost_with_a_dying_worker_is_an_error_that_says_so(tmp_path):
+    from pipekit.errors import PipekitError
+
+    red, truth = _dataset(tmp_path, n_frames=1)
+    work = tasks.FrameWork(_config(red, 1))
+    with pytest.raises(PipekitError, match="lost a band with a worker process that died"):
+        work.detect_kept_band(truth.files[0])   # no split_detection ran in this process

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from ..errors import PipekitError
 from .reading import CACHE_BYTES, FrameCache
 
 __all__ = ["FrameWork", "warm_up", "write_band_file", "remove_band_file", "WORKER_IMPORTS",
@@ -114,6 +115,9 @@ class FrameWork:
     def detect_kept_band(self, path):
         """`dao_sources` on the band `split_detection` kept."""
         band, self._band = self._band, None
+        if band is None:  # this task was moved here from a worker process that died
+            raise PipekitError(f"{path}: the star search of the reference frame lost a band "
+                               "with a worker process that died; run the step again")
         return self.detect_band(path, *band)
 
     def detect_band(self, path, band, background, fwhm, threshold, peak_max, y0, keep):
