@@ -543,30 +543,26 @@ def read_frame(path):
     ((4096, 4096), 'ip', [])
     """
     with _astropy_quirk_warnings_silenced():
-        return _read_frame(path)
-
-
-def _read_frame(path):
-    hdul = _open(path)
-    try:
-        with hdul:
-            hdu = _image_hdu(hdul, path)
-            data = hdu.data
-            if data is None:
-                raise FrameError(f"{path}: image HDU '{hdu.name}' holds no data")
-            data = np.asarray(data, dtype=np.float32)
-            header = _merged_header(hdul, hdu)
-    except FrameError:
-        raise
-    except Exception as exc:
-        short = _truncation(hdul, path)
-        raise FrameError(f"{path}: cannot read the image data{': ' + short if short else ''} "
-                         f"({type(exc).__name__}: {exc})") from exc
-    while data.ndim > 2 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim != 2:
-        raise FrameError(f"{path}: image has shape {data.shape}; expected a 2-D image")
-    wcs = _celestial_wcs(header, path)
+        hdul = _open(path)
+        try:
+            with hdul:
+                hdu = _image_hdu(hdul, path)
+                data = hdu.data
+                if data is None:
+                    raise FrameError(f"{path}: image HDU '{hdu.name}' holds no data")
+                data = np.asarray(data, dtype=np.float32)
+                header = _merged_header(hdul, hdu)
+        except FrameError:
+            raise
+        except Exception as exc:
+            short = _truncation(hdul, path)
+            raise FrameError(f"{path}: cannot read the image data{': ' + short if short else ''} "
+                             f"({type(exc).__name__}: {exc})") from exc
+        while data.ndim > 2 and data.shape[0] == 1:
+            data = data[0]
+        if data.ndim != 2:
+            raise FrameError(f"{path}: image has shape {data.shape}; expected a 2-D image")
+        wcs = _celestial_wcs(header, path)
     info = info_from_header(header, path)
     if wcs is None and info.has_wcs:
         info.has_wcs = False

@@ -31,7 +31,7 @@ from .reference import (check_pixels, frame_fwhm_px, frame_settings_hash, named_
 from .sky import annulus_sky
 from .store import FrameSummary, done_stamp, ecsv_text, read_frame_ecsv
 from .times import bjd_tdb, bjd_tdb_many
-from .workers import frame_pool
+from .workers import RemoteError, WorkerDied, frame_pool
 
 __all__ = ["REFERENCE_STARS", "REJECTED_FRAMES", "REJECTED_STAMPS", "DatasetPhotometry",
            "measure_dataset",
@@ -413,7 +413,7 @@ def measure_dataset(red_dir, config=None):
     known = _known_rejections(phot_dir, digest)
     todo, stamps = [], {}
     for f in frames:
-        if _done_with(phot_dir / (lco.frame_stem(f.name) + ".ecsv"), digest, summary):
+        if _done_with(frame_photometry_path(red_dir, f), digest, summary):
             result.skipped.append(f.name)
         elif f.name in known and known[f.name]["stamp"] == done_stamp(f):
             rejected[f.name] = known[f.name]["reason"]  # the same file, the same settings
@@ -522,8 +522,6 @@ def _reject(f, error, rejected, stamps):
     stamp in ``stamps``: it is not tried again while its file and the settings stay the
     same. Anything else (a crash, a dying worker process) is tried again on the next run.
     """
-    from .workers import RemoteError, WorkerDied
-
     if isinstance(error, (FrameError, PipekitError)) and not isinstance(error, RemoteError):
         rejected[f.name] = str(error)
         log.warning("rejected %s: %s", f.name, error)

@@ -36,7 +36,6 @@ class Background:
         self.box, self.first = box, first
         self.rms, self.level, self.gradient = rms, level, gradient
         self._map = None
-        self._map32 = None
         self._tables = None
         # bright_sources found above this map: (fwhm, nsigma, saturate) -> (image, n, x, y, flux)
         self.sources = {}
@@ -44,7 +43,7 @@ class Background:
     def __getstate__(self):
         """Pickled as its grid and figures: no maps or found sources (made again on need)."""
         state = dict(self.__dict__)
-        state.update(_map=None, _map32=None, _tables=None, sources={})
+        state.update(_map=None, _tables=None, sources={})
         return state
 
     def highest(self):
@@ -143,12 +142,6 @@ class Background:
             self._map = self.sampled(np.arange(ny), np.arange(nx))
         return self._map
 
-    def map32(self):
-        """``map`` as float32, made once."""
-        if self._map32 is None:
-            ny, nx = self.shape
-            self._map32 = self.sampled(np.arange(ny), np.arange(nx), np.float32)
-        return self._map32
 
 
 def _balanced(values):
@@ -432,9 +425,7 @@ def detection_threshold(data, threshold_sigma, *, saturate=None, background=None
     bkg = background if background is not None else background_map(data)
     ny, nx = data.shape
     step = max(1, int(np.sqrt(data.size / 250_000)))  # statistics on a subsample of big frames
-    sub = np.asarray(data[::step, ::step], np.float32) - \
-        bkg.sampled(np.arange(0, ny, step), np.arange(0, nx, step), np.float32)
-    sub[~np.isfinite(sub)] = 0.0
+    sub = _residual(data[::step, ::step], np.arange(0, ny, step), np.arange(0, nx, step), bkg)
     _, _, std = sigma_clipped_stats(sub, sigma=3.0, maxiters=5)
     # saturation is a level of the raw pixels: compare peaks above the local sky
     peak_max = None if saturate is None else saturate - bkg.highest()
@@ -445,9 +436,14 @@ def band_residual(band, y0, background):
     """Rows ``y0:y0 + len(band)`` of a frame, its background map subtracted, as float32
     (the frames' own type: half the memory traffic of the star search); non-finite
     pixels are 0."""
-    band = np.asarray(band, np.float32)
-    rows = np.arange(y0, y0 + band.shape[0])
-    resid = band - background.sampled(rows, np.arange(band.shape[1]), np.float32)
+    return _residual(band, np.arange(y0, y0 + len(band)), np.arange(np.shape(band)[1]),
+                     background)
+
+
+def _residual(pixels, rows, cols, background):
+    """``pixels`` (the frame at ``rows`` x ``cols``) minus the map there, float32, with
+    non-finite pixels 0: what the star search looks at."""
+    resid = np.asarray(pixels, np.float32) - background.sampled(rows, cols, np.float32)
     resid[~np.isfinite(resid)] = 0.0
     return resid
 

@@ -19,12 +19,12 @@ from .. import lco
 from ..errors import ConfigError, FrameError, PipekitError
 from .alignment import centroid_shift, match_stars
 from .apertures import aperture_sums
-from .detection import background_map, bright_sources, detect_stars, select_stars
+from .detection import background_map, bright_sources, select_stars
 
 __all__ = ["settings_px", "frame_fwhm_px", "check_pixels", "star_list_hash",
            "frame_settings_hash", "field_depth", "select_reference_stars", "DEPTH_CANDIDATES",
-           "Candidate", "TargetOffFrame", "examine_candidate", "reference_star_list",
-           "field_star_candidates", "wcs_target_estimate", "target_on_reference", "star_list"]
+           "Candidate", "TargetOffFrame", "examine_candidate", "wcs_target_estimate",
+           "target_on_reference", "star_list"]
 
 log = logging.getLogger("pipekit.photometry")
 
@@ -288,64 +288,6 @@ def select_reference_stars(frames, config, rejected, red_dir, pool=None):
     return stars
 
 
-def field_star_candidates(frame, background, best, config):
-    """Sources detected on the reference frame (`detect_stars`), before the target is placed.
-
-    Parameters
-    ----------
-    frame : pipekit.frames.Frame
-    background : Background or None
-    best : Candidate
-        The reference frame's candidate entry (its FWHM).
-    config : pipekit.config.ReductionConfig
-
-    Returns
-    -------
-    astropy.table.Table
-        ``x, y, flux, peak``, brightest first.
-    """
-    p = config.photometry
-    s = settings_px(config, frame.info.pixscale)
-    return detect_stars(frame.data, best.fwhm, p.detection_sigma,
-                        max_stars=4 * p.max_field_stars, saturate=frame.info.saturate,
-                        border=s["annulus_out"], min_separation=s["radius"] + best.fwhm,
-                        background=background)
-
-
-def reference_star_list(frame, background, best, cands, config, why, *, found=None,
-                        estimate=None):
-    """The field-star list detected on the chosen reference frame (`select_reference_stars`).
-
-    Parameters
-    ----------
-    frame : pipekit.frames.Frame
-        The reference frame.
-    background : Background or None
-        Its background map, when already made.
-    best : Candidate
-        The reference frame's candidate entry.
-    cands : list of Candidate
-        Every frame examined (their WCS and star patterns place the target).
-    config : pipekit.config.ReductionConfig
-    why : str
-        Why this frame was chosen (kept in the list's ``meta``).
-    found : astropy.table.Table, optional
-        `field_star_candidates` of the frame, when already detected.
-    estimate : tuple, optional
-        `wcs_target_estimate`, when already made.
-
-    Returns
-    -------
-    astropy.table.Table
-        See `select_reference_stars`.
-    """
-    bkg = background if background is not None else background_map(frame.data)
-    if found is None:
-        found = field_star_candidates(frame, bkg, best, config)
-    target = target_on_reference(frame, bkg, best, cands, config, estimate)
-    return star_list(best, cands, config, why, found, target)
-
-
 def target_on_reference(frame, background, best, cands, config, estimate=None):
     """The target's position on the reference frame: pinned, else centroided near the
     frames' WCS estimate (`wcs_target_estimate`).
@@ -362,8 +304,9 @@ def target_on_reference(frame, background, best, cands, config, estimate=None):
 
 
 def star_list(best, cands, config, why, found, target):
-    """The reference star list from the sources found (`field_star_candidates`) and the
-    target (`target_on_reference`): the target first, then the brightest field stars.
+    """The reference star list from the sources found (`dao_sources` of every band, chosen
+    by `select_stars`) and the target (`target_on_reference`): the target first, then the
+    brightest field stars.
 
     Raises
     ------

@@ -5,8 +5,8 @@ written atomically once the frame is measured). `write_frame_ecsv` writes the sa
 as astropy's writer (readable by ``Table.read(..., format="ascii.ecsv")``, numbers
 round-trip exactly) 6-7 times faster: the YAML header by the C YAML dumper and the
 rows by Python's shortest round-trip float formatting; `read_frame_ecsv` reads such a file
-back (3-4 times faster than astropy's reader, the same values) and any other ECSV through
-astropy.
+back (about 4 times faster than astropy's reader, the same values) and any other ECSV
+through astropy.
 
 `FrameSummary` keeps the columns the light curve needs (``id, flux, flux_err, flags`` and
 every frame's ``meta``) of all per-frame files in one ``photometry/frames_summary.npz``,
@@ -129,7 +129,7 @@ def read_frame_ecsv(path):
     """Read a per-frame ECSV file (or the star list) as an astropy table.
 
     A file as `ecsv_text` writes it is parsed here (the C YAML loader, the rows split once),
-    about 10 times faster than astropy's reader, with the same values; any other ECSV
+    about 4 times faster than astropy's reader, with the same values; any other ECSV
     (files of earlier pipekit versions, astropy's own writer) is read by astropy.
     """
     from astropy.table import Column, Table
@@ -158,11 +158,9 @@ def read_frame_columns(path, names):
         from astropy.table import Table
 
         t = Table.read(text, format="ascii.ecsv")
-        missing = [c for c in names if c not in t.colnames]
-        if missing:
-            raise KeyError(f"columns {missing} missing")
-        return plain(dict(t.meta)), {c: np.asarray(t[c]) for c in names}
-    columns, _, meta = parsed
+        columns, meta = {c: np.asarray(t[c]) for c in t.colnames}, plain(dict(t.meta))
+    else:
+        columns, _, meta = parsed
     missing = [c for c in names if c not in columns]
     if missing:
         raise KeyError(f"columns {missing} missing")
@@ -175,7 +173,8 @@ _DTYPES = {"int64": np.int64, "int32": np.int32, "int16": np.int16, "int8": np.i
 
 
 def _parse_plain_ecsv(text):
-    """``(columns, meta)`` of ECSV text in `ecsv_text`'s plain form, else None."""
+    """``(columns, about, meta)`` of ECSV text in `ecsv_text`'s plain form, else None:
+    column name -> array, column name -> ``{"unit", "description"}``, and the table's meta."""
     import yaml
 
     head, sep, body = text.partition("\n# ---\n")

@@ -83,25 +83,27 @@ class FrameWork:
         return cand
 
     def _kept(self, path):
-        """``(frame, background or None)``: kept, else read (and kept when it fits)."""
+        """``(frame, background)``: kept, else read (and kept when it fits); its background
+        map made when it has none yet."""
+        from .detection import background_map
+
         hit = self.cache.get(path)
-        if hit:
-            return hit
-        frame = self._read(path)
-        self.cache.offer(path, frame)
-        return frame, None
+        frame, bkg = hit if hit else (self._read(path), None)
+        if not hit:
+            self.cache.offer(path, frame)
+        if bkg is None:
+            bkg = background_map(frame.data)
+            self.cache.offer_background(path, bkg)
+        return frame, bkg
 
     def split_detection(self, path, best, n_bands):
         """Prepare the star search of the reference frame ``path`` in ``n_bands`` bands of
         rows (`detection_bands`): keep the first band for `detect_kept_band`; return the
         others' jobs for `detect_band` in other processes: ``(file of the band's pixels,
         background, fwhm, threshold, peak_max, y0, keep)`` each."""
-        from .detection import background_map, detection_bands, detection_threshold
+        from .detection import detection_bands, detection_threshold
 
         frame, bkg = self._kept(path)
-        if bkg is None:
-            bkg = background_map(frame.data)
-            self.cache.offer_background(path, bkg)
         p = self.config.photometry
         threshold, peak_max = detection_threshold(frame.data, p.detection_sigma,
                                                   saturate=frame.info.saturate, background=bkg)
@@ -136,13 +138,10 @@ class FrameWork:
 
     def target_position(self, path, best, cands, estimate=None):
         """The target's position on the reference frame ``path`` (`target_on_reference`)."""
-        from .detection import background_map
         from .reference import target_on_reference
 
         frame, bkg = self._kept(path)
-        bkg = bkg if bkg is not None else background_map(frame.data)
         return target_on_reference(frame, bkg, best, cands, self.config, estimate)
-
 
     def use_stars(self, stars):
         """Set the star list that ``measure`` places on each frame."""

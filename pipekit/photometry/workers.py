@@ -505,7 +505,7 @@ def photometry_processes(config, n_frames):
     """
     from ..worker import CORES_ENV, usable_cores
 
-    wanted = getattr(config.photometry, "processes", None)
+    wanted = config.photometry.processes
     if multiprocessing.current_process().daemon:
         if wanted and wanted > 1:
             log.info("photometry.processes = %d: measuring in this worker process alone (a "
