@@ -241,10 +241,10 @@ def _aperture_correction(path, phot_path, config):
 
 # ---- the three sources -----------------------------------------------------------------
 
-def _banzai(red_dir, config, tables, scale, scale_err, facts, paths):
+def _banzai(red_dir, config, frames, scale, scale_err, facts, paths):
     """Zero point from the frames' L1ZP, after the ensemble normalisation; or a reason."""
-    n = len(tables)
-    names = [t.meta["frame"] for t in tables]
+    n = len(frames)
+    names = frames.meta("frame")
     l1zp = np.array([facts.get(f, {}).get("l1zp") or np.nan for f in names], float)
     l1zperr = np.array([facts.get(f, {}).get("l1zperr") or np.nan for f in names], float)
     valid = np.isfinite(l1zp) & np.isfinite(l1zperr)
@@ -253,14 +253,14 @@ def _banzai(red_dir, config, tables, scale, scale_err, facts, paths):
     if valid.sum() < need:
         return None, l1zp, l1zperr, (f"{int(valid.sum())} of {n} frames have a valid L1ZP "
                                      f"(calibration.min_stars = {need})"), details
-    exptime = np.array([float(t.meta["exptime"]) for t in tables])
+    exptime = np.array(frames.meta("exptime"), float)
     # frame i: mag = L1ZP_i - 2.5 log10(raw / t_i) and raw = scale_i * F (in the aperture)
     per_frame = l1zp - 2.5 * np.log10(scale / exptime)
     frame_err = np.hypot(l1zperr, _MAG * scale_err / scale)
     # BANZAI's fluxes hold (nearly) all of a star's light, the aperture not: correct each
     # frame by its measured aperture fraction (a subset of frames, evenly spread)
     cache = _load_cache(red_dir)
-    key = f"apcor-v2:{tables[0].meta.get('settings_hash')}"
+    key = f"apcor-v2:{frames.meta('settings_hash')[0]}"
     candidates = np.flatnonzero(valid)
     if len(candidates) > MAX_APCOR_FRAMES:
         candidates = candidates[np.linspace(0, len(candidates) - 1, MAX_APCOR_FRAMES).astype(int)]
@@ -372,20 +372,20 @@ def _catalogue(config, stars, reference_flux, norm_flux, comparison):
     return (zp, zp_err), None, details
 
 
-def calibrate(red_dir, config, tables, ensemble, frames_idx, stars):
-    """The zero point of a light curve built from ``tables`` (one per kept frame).
+def calibrate(red_dir, config, frames, ensemble, frames_idx, stars):
+    """The zero point of a light curve built from the photometry of ``frames``.
 
     Parameters
     ----------
     red_dir : str or Path
         The dataset folder (its frames are read for their headers, once).
     config : pipekit.config.ReductionConfig
-    tables : list of astropy.table.Table
-        The kept frames' photometry, in light-curve order.
+    frames : pipekit.photometry.store.FrameRows
+        The kept frames' summarised photometry, in light-curve order.
     ensemble : pipekit.photometry.Ensemble
         The normalisation over all measured frames.
     frames_idx : ndarray of int
-        Rows of ``ensemble`` that ``tables`` are.
+        Rows of ``ensemble`` that ``frames`` are.
     stars : astropy.table.Table
         The reference star list (``ra``, ``dec``).
 
@@ -396,22 +396,23 @@ def calibrate(red_dir, config, tables, ensemble, frames_idx, stars):
     red_dir = Path(red_dir)
     scale = np.asarray(ensemble.zero_point, float)[frames_idx]
     scale_err = np.asarray(ensemble.zero_point_err, float)[frames_idx]
-    exptime = np.array([float(t.meta["exptime"]) for t in tables])
-    names = [t.meta["frame"] for t in tables]
+    exptime = np.array(frames.meta("exptime"), float)
+    names = frames.meta("frame")
     paths = _FramePaths(red_dir)
     # the photometry files hold L1ZP (files of earlier versions do not: their headers are read)
-    facts = {t.meta["frame"]: {"l1zp": t.meta.get("l1zp"), "l1zperr": t.meta.get("l1zperr"),
-                               "mjd_mid": t.meta.get("mjd_mid_utc")}
-             for t in tables if "l1zp" in t.meta}
+    facts = {name: {"l1zp": zp, "l1zperr": zperr, "mjd_mid": mjd}
+             for name, has, zp, zperr, mjd in zip(names, frames.has("l1zp"), frames.meta("l1zp"),
+                                                  frames.meta("l1zperr"),
+                                                  frames.meta("mjd_mid_utc")) if has}
     missing = [name for name in names if name not in facts]
     if missing:
         facts.update(frame_facts(red_dir, missing, paths))
     reasons = {}
     result = None
-    nan = np.full(len(tables), np.nan)
+    nan = np.full(len(frames), np.nan)
     l1zp, l1zperr = nan, nan
     if config.calibration.use_banzai_zeropoints:
-        found, l1zp, l1zperr, why, details = _banzai(red_dir, config, tables, scale, scale_err,
+        found, l1zp, l1zperr, why, details = _banzai(red_dir, config, frames, scale, scale_err,
                                                      facts, paths)
         if found:
             result = ("banzai", found, details)

@@ -344,8 +344,9 @@ _NON_FINITE = {".nan", ".inf", "+.inf", "-.inf"}
 _SECRET_KEY_RE = re.compile(r"(^|_)(password|passwd|token|api_?key|apikey|secret)$", re.I)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing duplicate keys, base-60 numbers and NaN/inf."""
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """YAML's safe loader (libyaml's parser where PyYAML has it: a config is read on every
+    run), refusing duplicate keys, base-60 numbers and NaN/inf."""
 
     source = "<config>"
 
@@ -386,7 +387,7 @@ class _StrictLoader(yaml.SafeLoader):
     def _check_value(self, key, node):
         items = node.value if isinstance(node, yaml.SequenceNode) else [node]
         for item in items:
-            if not isinstance(item, yaml.ScalarNode) or item.style is not None:
+            if not isinstance(item, yaml.ScalarNode) or item.style:  # plain: None or ""
                 continue  # quoted scalars are strings: nothing to refuse
             line = item.start_mark.line + 1
             if item.tag in (_INT_TAG, _FLOAT_TAG) and ":" in item.value:

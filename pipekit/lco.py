@@ -74,6 +74,8 @@ def frame_suffix(name):
 
 def _basename(name):
     """``Path(name).name``, ten times faster (it runs for every frame of big datasets)."""
+    if type(name) is str and "/" not in name:
+        return name
     return os.path.basename(os.fspath(name).rstrip("/"))
 
 

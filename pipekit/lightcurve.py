@@ -105,21 +105,6 @@ def _known_settings(value):
     return value
 
 
-class _FrameRows:
-    """One frame's summary entry, read like its table: ``meta`` and ``t[column]``."""
-
-    __slots__ = ("meta", "columns")
-
-    def __init__(self, meta, columns):
-        self.meta, self.columns = meta, columns
-
-    def __getitem__(self, name):
-        return self.columns[name]
-
-    def __len__(self):
-        return len(self.columns["id"])
-
-
 def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     """Normalise a dataset's stored photometry into the target's light curve.
 
@@ -160,46 +145,49 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     rej_path = phot_dir / REJECTED_FRAMES
     if rej_path.exists():
         rejected.update(json.loads(rej_path.read_text(encoding="utf-8")))
-    tables = []
-    # the summary holds what every per-frame file gave last time: only new files are read
+    # the summary holds what every per-frame file gave: only files it does not know are read
     summary = FrameSummary(phot_dir)
     with os.scandir(phot_dir) as entries:  # names sorted as text: no Path per comparison
         names = sorted(e.name for e in entries if e.name.endswith(".ecsv")
                        and e.name != REFERENCE_STARS and not e.name.startswith("."))
-    paths = [phot_dir / name for name in names]
+    rows, failures = summary.refresh([os.path.join(phot_dir, name) for name in names])
+    if failures:
+        path, exc = failures[0]
+        raise PipekitError(f"{path}: unreadable per-frame photometry ({exc}); delete it to "
+                           "measure the frame again")
     ids = np.asarray(stars["id"])
-    for path, meta, columns in summary.refresh(paths):
-        if meta is None:
-            raise PipekitError(f"{path}: unreadable per-frame photometry ({columns}); delete "
-                               "it to measure the frame again")
-        t = _FrameRows(meta, columns)
-        frame = meta.get("frame", path.stem)
-        if len(t) != len(stars) or not np.array_equal(np.asarray(t["id"]), ids):
-            rejected[frame] = (f"{path}: measured with a different star list than {ref_path}; "
-                               "delete it to measure the frame again")
-            continue
-        tables.append(t)
+    same = np.flatnonzero(rows.lengths == len(stars))
+    matches = np.zeros(len(rows), bool)
+    if len(same):
+        matches[same] = (rows.take(same).stars("id") == ids).all(axis=1)
+    mismatched = np.flatnonzero(~matches)
+    frame_of = rows.meta("frame") if len(mismatched) else []
+    for i in mismatched:
+        frame = frame_of[i] or Path(rows.names[i]).stem
+        rejected[frame] = (f"{phot_dir / rows.names[i]}: measured with a different star list "
+                           f"than {ref_path}; delete it to measure the frame again")
+    rows = rows.take(np.flatnonzero(matches))
     summary.save()
-    if not tables:
+    if not len(rows):
         raise PipekitError(f"{phot_dir}: no per-frame photometry to build a light curve from "
                            f"(rejected frames: {rejected or 'none'})")
-    tables.sort(key=lambda t: t.meta["bjd_tdb"])
-    F = np.array([np.asarray(t["flux"], float) for t in tables])
-    E = np.array([np.asarray(t["flux_err"], float) for t in tables])
-    G = np.array([np.asarray(t["flags"], int) for t in tables])
+    rows = rows.take(np.argsort(np.array(rows.meta("bjd_tdb"), float), kind="stable"))
+    F = rows.stars("flux").astype(float)
+    E = rows.stars("flux_err").astype(float)
+    G = rows.stars("flags").astype(int)
     min_stars = int(config.photometry.min_comparison_stars)
     ens = normalise_ensemble(F, E, G, exclude=(0,), min_stars=min_stars)
-    keep = np.ones(len(tables), bool)
-    for i, t in enumerate(tables):
+    keep = ~(G[:, 0] & OFF_FRAME).astype(bool) & np.isfinite(ens.zero_point)
+    all_frames = rows.meta("frame")
+    for i in np.flatnonzero(~keep):
+        frame = all_frames[i]
         if G[i, 0] & OFF_FRAME:
-            rejected[t.meta["frame"]] = (f"{red_dir}: frame {t.meta['frame']}: target "
-                                         "outside the frame (or the WCS cannot place it)")
-            keep[i] = False
-        elif not np.isfinite(ens.zero_point[i]):
-            rejected[t.meta["frame"]] = (f"{red_dir}: frame {t.meta['frame']}: only "
-                                         f"{ens.n_comparison[i]} usable comparison stars "
-                                         f"(photometry.min_comparison_stars = {min_stars})")
-            keep[i] = False
+            rejected[frame] = (f"{red_dir}: frame {frame}: target outside the frame (or the "
+                               "WCS cannot place it)")
+        else:
+            rejected[frame] = (f"{red_dir}: frame {frame}: only {ens.n_comparison[i]} usable "
+                               f"comparison stars (photometry.min_comparison_stars = "
+                               f"{min_stars})")
     if not keep.any():
         raise PipekitError(f"{red_dir}: every measured frame was rejected: {rejected}")
     idx = np.flatnonzero(keep)
@@ -207,25 +195,24 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     err = ens.flux_err[idx, 0]
     flags = G[idx, 0].copy()
     flags[~(flux > 0)] |= NON_POSITIVE
-    cal = _calibration(red_dir, config, [tables[i] for i in idx], ens, idx, stars, zeropoint)
+    kept = rows.take(idx)
+    cal = _calibration(red_dir, config, kept, ens, idx, stars, zeropoint)
     zeropoint = cal.zeropoint
     with np.errstate(invalid="ignore", divide="ignore"):
         mag = np.where(flux > 0, zeropoint - 2.5 * np.log10(flux), np.nan)
         mag_err = np.where(flux > 0, 2.5 / np.log(10) * err / flux, np.nan)
-    frames = [tables[i].meta["frame"] for i in idx]
-    filters = sorted({str(tables[i].meta.get("filter")) for i in idx})
+    frames = kept.meta("frame")
+    filters = sorted({str(v) for v in kept.meta("filter")})
     filt = filters[0] if len(filters) == 1 else "+".join(filters)
     table = Table({
-        "time": np.array([tables[i].meta["bjd_tdb"] for i in idx]),
-        "mjd_utc": np.array([tables[i].meta["mjd_mid_utc"] for i in idx]),
+        "time": np.array(kept.meta("bjd_tdb"), float),
+        "mjd_utc": np.array(kept.meta("mjd_mid_utc"), float),
         "flux": flux, "flux_err": err, "mag": mag, "mag_err": mag_err,
         "frame": frames, "flags": flags.astype(np.int32),
     })
     # per-frame quality figures (NaN for files written before pipekit recorded them)
     for col, key, what in _QUALITY:
-        table[col] = np.array([float(tables[i].meta.get(key, np.nan) if
-                                     tables[i].meta.get(key) is not None else np.nan)
-                               for i in idx])
+        table[col] = np.array([np.nan if v is None else float(v) for v in kept.meta(key)])
         table[col].description = what
     table["time"].unit = "d"
     table["time"].description = "mid-exposure BJD_TDB of the target (JD, TDB, barycentric)"
@@ -239,7 +226,6 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     _add_frame_columns(table, cal, ens, idx)
     table["mag_err"].unit = "mag"
     table["flags"].description = "bit flags: " + ", ".join(f"{b}={n}" for b, n in FLAGS.items())
-    first = tables[idx[0]].meta
     comp = np.flatnonzero(ens.comparison)
     table.meta = plain({
         "pipekit_version": __version__,
@@ -248,12 +234,13 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
         "time_scale": "tdb", "time_reference": "solar system barycentre",
         "time_format": "jd", "time_position": "mid-exposure (DATE-OBS + EXPTIME / 2)",
         "reduction_config": _config_dict(config),
-        "aperture_radius_px": float(np.median([tables[i].meta["radius_px"] for i in idx])),
-        "annulus_px": [float(first["annulus_in_px"]), float(first["annulus_out_px"])],
+        "aperture_radius_px": float(np.median(np.array(kept.meta("radius_px"), float))),
+        "annulus_px": [float(kept.meta("annulus_in_px")[0]),
+                       float(kept.meta("annulus_out_px")[0])],
         "reference_frame": stars.meta.get("reference_frame"),
         "reference_reason": stars.meta.get("reference_reason"),
         "target_position": stars.meta.get("target_position"),
-        "settings_hash": first.get("settings_hash"),
+        "settings_hash": kept.meta("settings_hash")[0],
         "zeropoint": zeropoint,
         "zp_err": None if not np.isfinite(cal.zp_err) else cal.zp_err,
         "mag_system": "calibrated" if cal.calibrated else "instrumental",
@@ -274,12 +261,12 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     return LightCurve(table=table, target=config.target.name, filter=filt, rejected=rejected)
 
 
-def _calibration(red_dir, config, tables, ens, idx, stars, zeropoint):
+def _calibration(red_dir, config, frames, ens, idx, stars, zeropoint):
     if zeropoint is None:
-        return calibrate(red_dir, config, tables, ens, idx, stars)
+        return calibrate(red_dir, config, frames, ens, idx, stars)
     from .calibration import Calibration
     nan = np.full(len(idx), np.nan)
-    exptime = np.array([float(t.meta["exptime"]) for t in tables])
+    exptime = np.array(frames.meta("exptime"), float)
     return Calibration("instrumental", float(zeropoint), np.nan,
                        zeropoint + 2.5 * np.log10(ens.zero_point[idx] / exptime), nan, nan,
                        {"not_used": {"all": "build_lightcurve(zeropoint=...) given"}})

@@ -11,6 +11,7 @@ listed, with their reasons, in ``rejected_frames.json``. Every file is written a
 
 import json
 import logging
+import os
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,9 +139,9 @@ def _done_with(path, settings_hash, summary=None):
     its summary entry, without opening it.
     """
     if summary is not None:
-        entry = summary.entries.get(path.name)
-        if entry is not None and entry["stamp"] == done_stamp(path):
-            return entry["meta"].get("settings_hash") == settings_hash
+        stamp = summary.stamp(os.path.basename(path))
+        if stamp is not None and stamp == done_stamp(path):
+            return summary.meta_value(os.path.basename(path), "settings_hash") == settings_hash
     try:
         with open(path, encoding="utf-8") as fh:
             head = fh.read(16384)
@@ -163,7 +164,12 @@ def frame_photometry_path(red_dir, frame_name):
     -------
     pathlib.Path
     """
-    return Path(red_dir) / "photometry" / (lco.frame_stem(frame_name) + ".ecsv")
+    return Path(red_dir) / "photometry" / frame_photometry_name(frame_name)
+
+
+def frame_photometry_name(frame_name):
+    """The file name of a frame's photometry: ``<frame stem>.ecsv`` (`frame_photometry_path`)."""
+    return lco.frame_stem(frame_name) + ".ecsv"
 
 
 def invalidate_frame(red_dir, frame_name):
@@ -401,7 +407,7 @@ def measure_dataset(red_dir, config=None):
     rejected = {}
     by_stem = {}
     for f in frames:  # x.fits and x.fits.fz are one exposure: measure it once
-        first = by_stem.setdefault(lco.frame_stem(f), f)
+        first = by_stem.setdefault(lco.frame_stem(f.name), f)
         if first is not f:
             rejected[f.name] = (f"{f}: the same frame as {first.name} (one name, two frame "
                                 f"suffixes); measured once, from {first.name}")
@@ -412,8 +418,10 @@ def measure_dataset(red_dir, config=None):
     summary = FrameSummary(phot_dir)
     known = _known_rejections(phot_dir, digest)
     todo, stamps = [], {}
+    phot_folder = os.fspath(phot_dir)  # joined as text: no Path per frame of big datasets
     for f in frames:
-        if _done_with(frame_photometry_path(red_dir, f), digest, summary):
+        if _done_with(os.path.join(phot_folder, frame_photometry_name(f.name)), digest,
+                      summary):
             result.skipped.append(f.name)
         elif f.name in known and known[f.name]["stamp"] == done_stamp(f):
             rejected[f.name] = known[f.name]["reason"]  # the same file, the same settings
@@ -435,9 +443,11 @@ def measure_dataset(red_dir, config=None):
         result.n_stars = len(stars)
         if todo:
             try:
-                _measure_frames(todo, stars, config, red_dir, rejected, result, pool, stamps)
+                _measure_frames(todo, stars, config, red_dir, rejected, result, pool, stamps,
+                                summary)
             finally:
                 _write_rejection_stamps(phot_dir, digest, stamps, rejected)
+                summary.save()
     result.rejected = rejected
     _write_rejected(phot_dir, rejected)
     unchanged = (f" ({len(result.unchanged_rejected)} of them unchanged since an earlier run "
@@ -473,8 +483,9 @@ def bright_rows(stars):
     return bright[bright != 0]
 
 
-def _measure_frames(todo, stars, config, red_dir, rejected, result, pool, stamps):
-    """Measure ``todo`` in ``pool``; write each group's files once its BJD_TDB are known."""
+def _measure_frames(todo, stars, config, red_dir, rejected, result, pool, stamps, summary):
+    """Measure ``todo`` in ``pool``; write each group's files once its BJD_TDB are known
+    (and add them to the photometry ``summary``)."""
     batch = []
 
     def flush():
@@ -493,7 +504,7 @@ def _measure_frames(todo, stars, config, red_dir, rejected, result, pool, stamps
             return
         for (f, table, _), value in zip(batch, bjd):
             table.meta["bjd_tdb"] = float(value)
-            write_ecsv(table, frame_photometry_path(red_dir, f))
+            summary.add(write_ecsv(table, frame_photometry_path(red_dir, f)), table)
             rejected.pop(f.name, None)
             result.measured.append(f.name)
         batch.clear()
