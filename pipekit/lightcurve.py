@@ -150,7 +150,7 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     with os.scandir(phot_dir) as entries:  # names sorted as text: no Path per comparison
         names = sorted(e.name for e in entries if e.name.endswith(".ecsv")
                        and e.name != REFERENCE_STARS and not e.name.startswith("."))
-    rows, failures = summary.refresh([os.path.join(phot_dir, name) for name in names])
+    rows, failures = summary.refresh(names)
     if failures:
         path, exc = failures[0]
         raise PipekitError(f"{path}: unreadable per-frame photometry ({exc}); delete it to "
@@ -316,9 +316,19 @@ def tom_csv_text(lc):
     mag = np.asarray(t["mag"], float)
     err = np.asarray(t["mag_err"], float)
     good = (np.asarray(t["flags"]) == 0) & np.isfinite(mag) & np.isfinite(err)
-    for m, g, e in zip(mjd[good].tolist(), mag[good].tolist(), err[good].tolist()):
-        writer.writerow([f"{m:.6f}", lc.filter, f"{g:.5f}", f"{e:.5f}", system])
+    # the words quoted by the csv module once, the numbers formatted row by row
+    line = "{:.6f}," + _csv_field(lc.filter) + ",{:.5f},{:.5f}," + _csv_field(system) + "\n"
+    buf.writelines(map(line.format, mjd[good].tolist(), mag[good].tolist(),
+                       err[good].tolist()))
     return buf.getvalue()
+
+
+def _csv_field(text):
+    """``text`` as one CSV field (quoted where the csv module would), braces escaped for
+    `str.format`."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow([text])
+    return out.getvalue().replace("{", "{{").replace("}", "}}")
 
 
 def plot_lightcurve(lc, path):

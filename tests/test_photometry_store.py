@@ -191,7 +191,7 @@ def test_per_frame_files_written_by_astropy_are_done_and_read(small_dataset):
     t["flux"] *= 2
     t.write(path, format="ascii.ecsv", overwrite=True)
     os.utime(path, ns=(1, 1))
-    rows, failures = FrameSummary(phot).refresh([path])
+    rows, failures = FrameSummary(phot).refresh([path.name])
     assert failures == [] and rows.names == [path.name]
     assert np.array_equal(rows.stars("flux")[0], np.asarray(t["flux"]))
 
@@ -230,7 +230,7 @@ def test_summary_keeps_every_kind_of_metadata_value_through_save_and_load(tmp_pa
     ]
     paths = [_summarised(tmp_path, f"{m['frame']}.ecsv", m)[0] for m in metas]
     first = FrameSummary(tmp_path)
-    first.refresh(paths)
+    first.refresh([p.name for p in paths])
     assert first.save() == tmp_path / SUMMARY_NAME
     again = FrameSummary(tmp_path)
     for path, meta in zip(paths, metas):
@@ -241,7 +241,7 @@ def test_summary_keeps_every_kind_of_metadata_value_through_save_and_load(tmp_pa
                 assert isinstance(got, float) and np.isnan(got), key
             else:
                 assert got == want and type(got) is type(want), (key, got, want)
-    rows, failures = again.refresh(paths)
+    rows, failures = again.refresh([p.name for p in paths])
     assert failures == [] and rows.has("only_here") == [False, True]
     assert rows.meta("l1zp") == [None, 23.25] and rows.meta("only_here") == [None, "z"]
     assert np.array_equal(rows.stars("id"), [np.arange(4)] * 2)
@@ -251,7 +251,7 @@ def test_summary_follows_frames_added_replaced_and_removed(tmp_path):
     a, _ = _summarised(tmp_path, "a.ecsv", {"frame": "a", "bjd_tdb": 1.0})
     b, _ = _summarised(tmp_path, "b.ecsv", {"frame": "b", "bjd_tdb": 2.0})
     summary = FrameSummary(tmp_path)
-    summary.refresh([a, b])
+    summary.refresh(["a.ecsv", "b.ecsv"])
     summary.save()
     # the photometry step adds a frame it has just written: no file read for it
     c, table = _summarised(tmp_path, "c.ecsv", {"frame": "c", "bjd_tdb": 3.0}, n=5, flux=3.0)
@@ -264,15 +264,39 @@ def test_summary_follows_frames_added_replaced_and_removed(tmp_path):
     b.unlink()
     summary = FrameSummary(tmp_path)
     assert summary.stamp("c.ecsv") == [c.stat().st_size, c.stat().st_mtime_ns]
-    rows, failures = summary.refresh([a, b, c])
+    rows, failures = summary.refresh(["a.ecsv", "b.ecsv", "c.ecsv"])
     assert failures == [] and rows.names == ["a.ecsv", "c.ecsv"]
     assert rows.meta("bjd_tdb") == [1.5, 3.0] and list(rows.lengths) == [4, 5]
     assert np.array_equal(rows.take([1]).stars("flux"), [np.full(5, 3.0)])
     with pytest.raises(ValueError, match="different numbers of stars"):
         rows.stars("flux")
     summary.save()
-    assert FrameSummary(tmp_path).refresh([a, c])[0].meta("bjd_tdb") == [1.5, 3.0]
+    assert FrameSummary(tmp_path).refresh(["a.ecsv", "c.ecsv"])[0].meta("bjd_tdb") == [1.5, 3.0]
     # a summary it cannot read is rebuilt from the files, not trusted
     (tmp_path / SUMMARY_NAME).write_bytes(b"not a zip")
-    rows, _ = FrameSummary(tmp_path).refresh([a, c])
+    rows, _ = FrameSummary(tmp_path).refresh(["a.ecsv", "c.ecsv"])
     assert rows.meta("frame") == ["a", "c"]
+
+
+def test_summary_saved_again_with_added_frames_keeps_old_and_new_values(tmp_path):
+    """Frames added to a loaded summary are merged into its stored columns, also when a
+    value does not fit a key's stored kind (an int where floats were, None, a new key)."""
+    first = {"frame": "a", "exptime": 60.0, "n": 3, "name": "x", "l1zp": 23.0, "ok": True}
+    path, _ = _summarised(tmp_path, "a.ecsv", first)
+    summary = FrameSummary(tmp_path)
+    summary.refresh(["a.ecsv"])
+    summary.save()
+    added = [{"frame": "b", "exptime": 30.0, "n": 4, "name": "longer name", "l1zp": None,
+              "ok": False},
+             {"frame": "c", "exptime": 15, "n": 5.5, "name": "z", "ok": True, "new": [1]}]
+    summary = FrameSummary(tmp_path)
+    for meta in added:
+        p, table = _summarised(tmp_path, meta["frame"] + ".ecsv", meta)
+        summary.add(p, table)
+    summary.save()
+    again = FrameSummary(tmp_path)
+    for meta in [first] + added:
+        for key in ("frame", "exptime", "n", "name", "l1zp", "ok", "new"):
+            got = again.meta_value(meta["frame"] + ".ecsv", key, default="<none>")
+            want = meta.get(key, "<none>")
+            assert got == want and type(got) is type(want), (meta["frame"], key, got, want)

@@ -233,6 +233,7 @@ def _stamp(st):
 #: stored as JSON text per frame.
 _META_KINDS = {float: "float", int: "int", bool: "bool", str: "str"}
 _FILLER = {"float": np.nan, "int": 0, "bool": False, "str": "", "json": "null"}
+_DTYPE_OF_KIND = {"float": np.float64, "int": np.int64, "bool": bool, "str": str, "json": str}
 _PRESENT, _NULL, _LACKING = 0, 1, 2   # stored state of a frame's value of a key
 
 
@@ -268,8 +269,7 @@ def _encode_meta(kind, values):
         data = [filler if s else json.dumps(v) for v, s in zip(values, state.tolist())]
     else:
         data = [filler if s else v for v, s in zip(values, state.tolist())]
-    dtype = {"float": np.float64, "int": np.int64, "bool": bool, "str": str,
-             "json": str}[kind]
+    dtype = _DTYPE_OF_KIND[kind]
     return np.array(data, dtype) if data else np.zeros(0, dtype), (state if state.any()
                                                                     else None)
 
@@ -360,11 +360,15 @@ class FrameSummary:
                 stamps = npz["stamps"].tolist()
                 offsets = npz["offsets"]
                 star = {c: npz[c] for c in SUMMARY_COLUMNS}
-                meta = {}
+                # one 2-D block per kind (few members: each costs a zip lookup to load)
+                blocks = {kind: npz["meta_" + kind] for kind in _FILLER}
+                states = npz["meta_state"]
+                meta, used = {}, dict.fromkeys(_FILLER, 0)
                 for i, (key, kind) in enumerate(zip(npz["meta_keys"].tolist(),
                                                     npz["meta_kinds"].tolist())):
-                    state = npz[f"s{i}"] if f"s{i}" in npz.files else None
-                    meta[key] = (kind, npz[f"m{i}"], state)
+                    meta[key] = (kind, blocks[kind][used[kind]],
+                                 states[i] if states[i].any() else None)
+                    used[kind] += 1
         except FileNotFoundError:
             return
         except Exception as exc:  # noqa: BLE001 - derived data: rebuilt from the files
@@ -478,39 +482,57 @@ class FrameSummary:
                 stamp, plain(dict(table.meta)),
                 {c: np.asarray(table[c]) for c in SUMMARY_COLUMNS}))
 
-    def refresh(self, paths):
-        """Bring the summary up to date with ``paths`` (the per-frame files on disk).
+    def refresh(self, names):
+        """Bring the summary up to date with the per-frame files ``names`` in ``phot_dir``.
 
         Files whose size and modification time match their entry are not read; new or
-        changed ones are parsed; entries of files gone are dropped.
+        changed ones are parsed; entries of files not in ``names`` are dropped.
+
+        Parameters
+        ----------
+        names : iterable of str
+            File names inside ``phot_dir`` (the per-frame files on disk).
 
         Returns
         -------
         rows : FrameRows
-            The files of ``paths`` that are summarised, in that order.
+            The files of ``names`` that are summarised, in that order.
         failures : list of tuple
             ``(path, exception)`` of files that cannot be parsed.
         """
+        folder = os.fspath(self.phot_dir)
+        # stat relative to the open folder: no path joined and resolved per file
+        fd = os.open(folder, os.O_RDONLY) if os.stat in os.supports_dir_fd else None
         positions, failures, seen = [], [], set()
-        for path in paths:
-            name = os.path.basename(path)
-            seen.add(name)
-            try:
-                stamp = _stamp(os.stat(path))
-            except FileNotFoundError:
-                continue
-            if self.stamp(name) != stamp:
+        try:
+            for name in names:
+                seen.add(name)
+                try:
+                    st = os.stat(name, dir_fd=fd) if fd is not None else \
+                        os.stat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue
+                stamp = [st.st_size, st.st_mtime_ns]
+                pos = self._pos.get(name)
+                if pos is not None:
+                    r = self._rows[pos]
+                    if (self._stamps[r] if type(r) is int else r.stamp) == stamp:
+                        positions.append(pos)
+                        continue
+                path = os.path.join(folder, name)
                 try:
                     meta, columns = read_frame_columns(path, SUMMARY_COLUMNS)
                 except Exception as exc:  # noqa: BLE001 - reported by the caller
                     failures.append((path, exc))
                     continue
                 self._put(name, _Entry(stamp, meta, columns))
-            positions.append(self._pos[name])
-        if len(seen) < len(self._pos) or any(name not in seen for name in self._pos):
-            gone = [name for name in self._pos if name not in seen]
-            if gone:
-                positions = self._drop(gone, positions)
+                positions.append(self._pos[name])
+        finally:
+            if fd is not None:
+                os.close(fd)
+        gone = [name for name in self._pos if name not in seen]
+        if gone:
+            positions = self._drop(gone, positions)
         return FrameRows(self, positions), failures
 
     def _drop(self, gone, positions):
@@ -530,7 +552,6 @@ class FrameSummary:
         if not self.changed:
             return None
         rows = self._rows
-        stored = [r for r in rows if type(r) is int]
         arrays = {"format": np.array(_SUMMARY_FORMAT),
                   "names": np.array(self._names, str) if rows else np.zeros(0, str),
                   "stamps": np.array([self._stamps[r] if type(r) is int else r.stamp
@@ -544,20 +565,20 @@ class FrameSummary:
         for r in rows:
             if type(r) is not int:
                 keys.extend(k for k in r.meta if k not in self._meta and k not in keys)
-        kinds = []
-        every = np.arange(len(rows))
-        for i, key in enumerate(keys):
-            values = self._meta_values(key, every)
-            kind = self._stored_kind(key, rows, stored, values)
-            try:
-                data, state = _encode_meta(kind, values)
-            except OverflowError:   # an integer beyond int64
-                kind = "json"
-                data, state = _encode_meta(kind, values)
-            arrays[f"m{i}"] = data
-            if state is not None:
-                arrays[f"s{i}"] = state
+        kinds, states, blocks = [], [], {kind: [] for kind in _FILLER}
+        index = self._stored_index()
+        old, new = index[index >= 0], np.flatnonzero(index < 0)
+        added = [rows[p].meta for p in new.tolist()]
+        for key in keys:
+            data, state, kind = self._encode_key(key, index, old, new, added)
+            blocks[kind].append(data)
+            states.append(np.zeros(len(rows), np.uint8) if state is None else state)
             kinds.append(kind)
+        for kind, columns in blocks.items():
+            dtype = _DTYPE_OF_KIND[kind]
+            arrays["meta_" + kind] = np.array(columns, dtype) if columns else \
+                np.zeros((0, len(rows)), dtype)
+        arrays["meta_state"] = np.array(states, np.uint8).reshape(len(keys), len(rows))
         arrays["meta_keys"] = np.array(keys, str) if keys else np.zeros(0, str)
         arrays["meta_kinds"] = np.array(kinds, str) if kinds else np.zeros(0, str)
         buf = io.BytesIO()
@@ -571,10 +592,40 @@ class FrameSummary:
         self.changed = False
         return self.path
 
-    def _stored_kind(self, key, rows, stored, values):
-        if key in self._meta and len(stored) == len(rows):
-            return self._meta[key][0]
-        return _meta_kind([v for v in values if v is not _ABSENT])
+    def _encode_key(self, key, index, old, new, added):
+        """``(values, state, kind)`` of one key over all frames, for `save`: the stored
+        frames' arrays reused as they are when the added frames' values fit their kind."""
+        values = [m.get(key, _ABSENT) for m in added]
+        if key in self._meta:
+            kind, data, state = self._meta[key]
+            fits = _meta_kind([v for v in values if v is not _ABSENT and v is not None])
+            if not values or fits == kind or (fits == "float" and not any(
+                    v is not _ABSENT and v is not None for v in values)):
+                try:
+                    more, more_state = _encode_meta(kind, values)
+                except OverflowError:
+                    pass
+                else:
+                    out = np.empty(len(index), data.dtype if kind not in ("str", "json")
+                                   else np.result_type(data.dtype, more.dtype))
+                    out[index >= 0] = data[old]
+                    out[new] = more
+                    if state is None and more_state is None:
+                        return out, None, kind
+                    full = np.zeros(len(index), np.uint8)
+                    if state is not None:
+                        full[index >= 0] = state[old]
+                    if more_state is not None:
+                        full[new] = more_state
+                    return out, full, kind
+        values = self._meta_values(key, np.arange(len(index)))
+        kind = _meta_kind([v for v in values if v is not _ABSENT])
+        try:
+            data, state = _encode_meta(kind, values)
+        except OverflowError:   # an integer beyond int64
+            kind = "json"
+            data, state = _encode_meta(kind, values)
+        return data, state, kind
 
 
 def done_stamp(path):
