@@ -161,10 +161,10 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     if len(same):
         matches[same] = (rows.take(same).stars("id") == ids).all(axis=1)
     mismatched = np.flatnonzero(~matches)
-    frame_of = rows.meta("frame") if len(mismatched) else []
+    frame_of, file_of = (rows.meta("frame"), rows.names) if len(mismatched) else ([], [])
     for i in mismatched:
-        frame = frame_of[i] or Path(rows.names[i]).stem
-        rejected[frame] = (f"{phot_dir / rows.names[i]}: measured with a different star list "
+        frame = frame_of[i] or Path(file_of[i]).stem
+        rejected[frame] = (f"{phot_dir / file_of[i]}: measured with a different star list "
                            f"than {ref_path}; delete it to measure the frame again")
     rows = rows.take(np.flatnonzero(matches))
     summary.save()

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from .signals import StopWorkers, exit_status
 from .summary import Summary
-from .worker import (CORES_ENV, pool_context, run_checkpoint, run_in_context, task_context,
-                     usable_cores, warm_up)
+from .worker import (CORES_ENV, pool_context, run_checkpoint, run_dask_task, run_in_context,
+                     task_context, usable_cores, warm_up)
 from .errors import ConfigError, LockError, PipelineError, describe_os_error
 from .lco import slug
 from .locks import DatasetLock
@@ -446,7 +446,7 @@ class Manager:
             key = f"pipekit-{name}-{uuid.uuid4().hex[:8]}"
             # pure=False: the same path must run again on the next call, not
             # come back from Dask's cache.
-            fut = self.executor.submit(run_checkpoint, self._paths[i], kwargs, self._stamps[i],
+            fut = self.executor.submit(run_dask_task, self._paths[i], kwargs, self._stamps[i],
                                        key=key, pure=False)
             futures[fut] = i
         self._collect_all(futures, as_completed)

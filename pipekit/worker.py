@@ -18,8 +18,9 @@ from .errors import LockError, PipelineError
 from .pipeline import load
 from .signals import exit_status
 
-__all__ = ["run_checkpoint", "run_in_context", "task_context", "pool_context", "warm_up",
-           "PRELOAD", "resume_only", "last_line", "usable_cores", "CORES_ENV"]
+__all__ = ["run_checkpoint", "run_dask_task", "run_in_context", "task_context",
+           "pool_context", "warm_up", "PRELOAD", "resume_only", "last_line", "usable_cores",
+           "reuse_freed_memory", "CORES_ENV"]
 
 log = logging.getLogger("pipekit.manager")
 
@@ -76,6 +77,48 @@ def task_context(environ_defaults=None):
     return os.getcwd(), environ, list(sys.path)
 
 
+#: glibc's mallopt parameters, and the size up to which freed memory is kept for reuse.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_FREED_BYTES = 256 << 20
+_KEEPING_FREED = []
+
+
+def reuse_freed_memory():
+    """Let this process's malloc reuse the memory of freed arrays (glibc only).
+
+    glibc maps every allocation above its mmap threshold afresh and returns it to the
+    system when freed, so each frame's arrays are page-faulted in again. Its threshold
+    adapts up to 32 MB (a 4096² frame's arrays are 64-128 MB), and stops adapting at
+    128 kB when any ``MALLOC_*_`` variable is set, as Dask's nanny sets
+    ``MALLOC_TRIM_THRESHOLD_=65536`` in its workers: measured, a reduction of 20 frames of
+    512² took 20 % longer there, and measuring 4096² frames 8 % longer in photometry
+    workers. Arrays up to 256 MB then come from the heap, and up to 256 MB of freed memory
+    is kept for the next frame (in a thread other than the main one, as Dask runs tasks,
+    glibc's per-thread heaps stop at 64 MB: larger arrays are still mapped afresh). Called
+    in processes that do pipekit's work: photometry workers, the Manager's pool workers,
+    Dask tasks; never in the user's own process.
+
+    Returns
+    -------
+    bool
+        Whether the setting is in force (False where malloc is not glibc's).
+    """
+    if _KEEPING_FREED:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES)) and \
+            bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    if ok:
+        _KEEPING_FREED.append(True)
+    return ok
+
+
 def usable_cores():
     """CPU cores this process may run on (Slurm's and taskset's binding counted)."""
     try:
@@ -115,12 +158,20 @@ def warm_up(modules=()):
     modules : iterable of str
         Module names, e.g. ``["pipekit.steps"]``.
     """
+    reuse_freed_memory()  # a pool worker lives for one Manager run: its heap is its own
     for name in modules:
         for module in (name, *_FIRST_USE_IMPORTS.get(name, ())):
             try:
                 importlib.import_module(module)
             except Exception as err:  # noqa: BLE001 - the pipeline's import says it properly
                 log.debug("worker warm-up: cannot import %s: %s", module, err)
+
+
+def run_dask_task(path, run_kwargs=None, submitted_started=_NOT_GIVEN):
+    """`run_checkpoint` on a Dask worker, whose malloc is first set to reuse freed memory
+    (`reuse_freed_memory`: Dask's nanny sets it to return every freed array at once)."""
+    reuse_freed_memory()
+    return run_checkpoint(path, run_kwargs, submitted_started)
 
 
 def run_checkpoint(path, run_kwargs=None, submitted_started=_NOT_GIVEN):

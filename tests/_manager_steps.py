@@ -57,3 +57,20 @@ def modules_loaded(names):
 def cores_given():
     """The cores the Manager gave this pipeline (``PIPEKIT_CORES_PER_PIPELINE``)."""
     return {"status": "success", "cores": os.environ.get("PIPEKIT_CORES_PER_PIPELINE")}
+
+
+def freed_memory_kept(out_dir, label, megabytes=16):
+    """Fill and free one array; write how much of it (MB) this process still holds (its
+    resident size after minus before) to ``<out_dir>/<label>.kept``."""
+    import numpy as np
+
+    def resident():
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = resident()
+    a = np.ones(megabytes << 18, np.float32)
+    del a
+    kept = (resident() - before) / (1 << 20)
+    (Path(out_dir) / f"{label}.kept").write_text(f"{kept:.1f}")
+    return {"status": "success", "kept_mb": kept}

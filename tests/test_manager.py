@@ -2,7 +2,11 @@
 
 import datetime
 import os
+import platform
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -423,3 +427,41 @@ def test_pool_workers_share_the_cores_between_their_pipelines(tmp_path, monkeypa
     monkeypatch.setenv(CORES_ENV, "1")   # the user's own setting wins
     assert Manager(pipes, max_parallel=1, progress=False).run().ok
     assert load(tmp_path / "log0").step("cores_given").result["cores"] == "1"
+
+
+_GLIBC = platform.libc_ver()[0] == "glibc" and os.path.exists("/proc/self/statm")
+
+
+def _kept(path):
+    return float(path.read_text())
+
+
+@pytest.mark.skipif(not _GLIBC, reason="malloc tuning is glibc's (mallopt)")
+def test_reuse_freed_memory_keeps_a_freed_array_for_the_next(tmp_path):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which makes glibc map every array over
+    128 kB afresh and return it when freed (the next frame faults it in again); after
+    `reuse_freed_memory` a freed 64 MB array stays in the process for reuse."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from _manager_steps import "
+            "freed_memory_kept as k; from pipekit.worker import reuse_freed_memory as r; "
+            "k(sys.argv[2], 'before'); print(r()); k(sys.argv[2], 'after')")
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path)],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+    assert _kept(tmp_path / "before.kept") < 4
+    assert _kept(tmp_path / "after.kept") > 12
+
+
+@pytest.mark.skipif(not _GLIBC, reason="malloc tuning is glibc's (mallopt)")
+def test_pipelines_on_dask_workers_reuse_freed_memory(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    pipe = Pipeline(paths={"log": tmp_path / "logs"}, name="kept")
+    pipe.add_step(steps.freed_memory_kept, out_dir=str(tmp_path), label="dask")
+    with distributed.LocalCluster(n_workers=1, processes=True, threads_per_worker=1,
+                                  dashboard_address=":0", host="127.0.0.1") as cluster, \
+            distributed.Client(cluster) as client:
+        summary = Manager([pipe], executor=client, progress=False).run()
+        trim = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert summary.ok, summary
+    assert set(trim.values()) == {"65536"}  # what the nanny sets, which pipekit undoes
+    assert _kept(tmp_path / "dask.kept") > 12

@@ -150,9 +150,6 @@ class _PipeLogHandler(logging.Handler):
             self.handleError(record)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters
-
-
 def _become_worker(conn, parent_pid):
     """Set a forked worker apart from its parent's signals, logging and lifetime."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -160,15 +157,12 @@ def _become_worker(conn, parent_pid):
     if sys.platform.startswith("linux"):
         try:  # die with the parent, even when it is SIGKILLed
             import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-            # glibc maps every array over 32 MB afresh and returns it when freed, so each
-            # frame's arrays page-faulted in again (8 % of a 4096² frame's measuring): a
-            # worker keeps its heap instead (it lives for one step)
-            libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-            libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
+    from ..worker import reuse_freed_memory
+
+    reuse_freed_memory()  # a worker lives for one step: each frame reuses the last's memory
     if os.getppid() != parent_pid:
         os._exit(0)
     manager = logging.Logger.manager
