@@ -102,11 +102,12 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
             use = comp[None, :] & ~bad & ~outlier & np.isfinite(r)
             w = np.where(use, 1.0 / e ** 2, 0.0)
             W = w.sum(axis=1)
-            z = np.where(use.sum(axis=1) >= min_stars, (w * np.where(use, r, 0)).sum(axis=1) / W,
-                         np.nan)
+            wr = w * np.where(use, r, 0)
+            S = wr.sum(axis=1)
+            z = np.where(use.sum(axis=1) >= min_stars, S / W, np.nan)
             # per-frame outliers (cosmic rays, a neighbour's glint)
             new_outlier = comp[None, :] & ~bad & (np.abs(r - z[:, None]) > clip * e)
-            zl, zle = _leave_one_out(w, r, use, z, W)
+            zl, zle = _leave_one_out(w, wr, S, r, use, z, W)
             nrm = r / zl
             nerr = np.hypot(e / zl, r * zle / zl ** 2)
             good = ~bad & ~new_outlier
@@ -129,8 +130,10 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
         w = np.where(use, 1.0 / (E / ref) ** 2, 0.0)
         W = w.sum(axis=1)
         r = F / ref
-        z = np.where(n_comp >= min_stars, (w * np.where(use, r, 0)).sum(axis=1) / W, np.nan)
-        zl, zle = _leave_one_out(w, r, use, z, W)
+        wr = w * np.where(use, r, 0)
+        S = wr.sum(axis=1)
+        z = np.where(n_comp >= min_stars, S / W, np.nan)
+        zl, zle = _leave_one_out(w, wr, S, r, use, z, W)
         chi_frame = np.where(n_comp > 1, (w * np.where(use, r - z[:, None], 0) ** 2).sum(axis=1)
                              / np.maximum(n_comp - 1, 1), 1.0)
         z_err = np.sqrt(np.maximum(chi_frame, 1.0) / W)
@@ -143,13 +146,13 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
                     comparison=comp, n_comparison=n_comp, chi2=chi2, reference_flux=ref)
 
 
-def _leave_one_out(w, r, use, z, W):
-    """Zero points and errors without each star itself (for the stars in ``use``)."""
-    S = (w * np.where(use, r, 0)).sum(axis=1)
+def _leave_one_out(w, wr, S, r, use, z, W):
+    """Zero points and errors without each star itself (for the stars in ``use``); ``wr``
+    is ``w * r`` where used (0 elsewhere) and ``S`` its sum over stars."""
     n = use.sum(axis=1)
     W1 = W[:, None] - w
     with np.errstate(invalid="ignore", divide="ignore"):
-        zl = np.where(use, (S[:, None] - w * np.where(use, r, 0)) / W1, z[:, None])
+        zl = np.where(use, (S[:, None] - wr) / W1, z[:, None])
         resid = np.where(use, w * (r - z[:, None]) ** 2, 0)
         chi = resid.sum(axis=1) / np.maximum(n - 1, 1)
         zle = np.sqrt(np.maximum(chi, 1.0)[:, None] / np.where(use, W1, W[:, None]))
