@@ -324,11 +324,11 @@ def tom_csv_text(lc):
 
 
 def _csv_field(text):
-    """``text`` as one CSV field (quoted where the csv module would), braces escaped for
-    `str.format`."""
+    """``text`` as a field of a CSV row (quoted where the csv module quotes it in a row of
+    several fields ending in a newline), braces escaped for `str.format`."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="").writerow([text])
-    return out.getvalue().replace("{", "{{").replace("}", "}}")
+    csv.writer(out, lineterminator="\n").writerow([text, ""])
+    return out.getvalue()[:-2].replace("{", "{{").replace("}", "}}")   # without ",\n"
 
 
 def plot_lightcurve(lc, path):

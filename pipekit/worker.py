@@ -110,8 +110,11 @@ def reuse_freed_memory():
     try:
         import ctypes
         libc = ctypes.CDLL(None)
-        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES)) and \
-            bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES))
+        trim = libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES)
+        # older glibc refuses a threshold above half its 64 MB thread heaps: 32 MB then
+        mmap = libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES) or \
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        ok = bool(trim) and bool(mmap)
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     if ok:
@@ -169,9 +172,21 @@ def warm_up(modules=()):
 
 def run_dask_task(path, run_kwargs=None, submitted_started=_NOT_GIVEN):
     """`run_checkpoint` on a Dask worker, whose malloc is first set to reuse freed memory
-    (`reuse_freed_memory`: Dask's nanny sets it to return every freed array at once)."""
-    reuse_freed_memory()
+    (`reuse_freed_memory`: Dask's nanny sets it to return every freed array at once) when
+    the worker is a process of its own, started by a nanny (not a worker in threads of
+    the user's process)."""
+    if _dask_worker_has_nanny():
+        reuse_freed_memory()
     return run_checkpoint(path, run_kwargs, submitted_started)
+
+
+def _dask_worker_has_nanny():
+    try:
+        from distributed import get_worker
+
+        return bool(getattr(get_worker(), "nanny", None))
+    except (ImportError, ValueError):   # not in a Dask task
+        return False
 
 
 def run_checkpoint(path, run_kwargs=None, submitted_started=_NOT_GIVEN):

@@ -1,6 +1,7 @@
 """Tests of pipekit.lightcurve and the photometry/lightcurve steps: outputs and provenance."""
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,18 @@ def test_unknown_config_keys_never_reach_the_provenance(dataset):
     assert "extra" not in provenance["photometry"]
     assert "hunter2" not in repr(provenance)
     assert provenance["photometry"]["aperture_arcsec"] == config.photometry.aperture_arcsec
+
+
+@pytest.mark.parametrize("filt", ["ip", "", "i,{p}\"x", "a\nb", "gp+rp"])
+def test_tom_csv_rows_are_what_the_csv_module_writes(filt):
+    """The TOM CSV is formatted in one pass; each row is what ``csv.writer`` writes for it,
+    quoting included (an empty word, a comma, a quote, a newline, braces)."""
+    t = Table({"mjd_utc": [61253.000347222, 61253.5], "mag": [13.998887, np.nan],
+               "mag_err": [0.025724, 0.1], "flags": [0, 0]})
+    t.meta = {"calibration": {"source": "banzai"}}
+    lc = LightCurve(table=t, target="T", filter=filt)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["time", "filter", "magnitude", "error", "magnitude_system"])
+    writer.writerow(["61253.000347", filt, "13.99889", "0.02572", "calibrated (banzai)"])
+    assert tom_csv_text(lc) == out.getvalue()

@@ -465,3 +465,21 @@ def test_pipelines_on_dask_workers_reuse_freed_memory(tmp_path):
     assert summary.ok, summary
     assert set(trim.values()) == {"65536"}  # what the nanny sets, which pipekit undoes
     assert _kept(tmp_path / "dask.kept") > 12
+
+
+def test_dask_workers_in_the_users_process_leave_its_malloc_alone(tmp_path, monkeypatch):
+    """A Dask worker in threads of this process (``processes=False``) is the user's process:
+    `reuse_freed_memory` is not called there."""
+    distributed = pytest.importorskip("distributed")
+    import pipekit.worker
+
+    calls = []
+    monkeypatch.setattr(pipekit.worker, "reuse_freed_memory", lambda: calls.append(1))
+    pipe = Pipeline(paths={"log": tmp_path / "logs"}, name="threads")
+    pipe.add_step(steps.write_marker, out_dir=str(tmp_path), label="here")
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        summary = Manager([pipe], executor=client, progress=False).run()
+    assert summary.ok and calls == []
+    assert int((tmp_path / "here.done").read_text()) == os.getpid()

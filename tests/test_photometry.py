@@ -460,3 +460,10 @@ def test_a_mixed_dataset_counts_each_frame_once_from_the_top(tmp_path, caplog):
     assert result.n_frames == 5 and len(result.measured) == 5 and result.rejected == {}
     assert len(list((red / "photometry").glob("*-e91.ecsv"))) == 5
     assert "2 frame(s) in both places, the copies at the top used" in caplog.text
+
+
+def test_ensemble_of_no_frames_is_empty_not_an_error():
+    from pipekit.photometry.ensemble import normalise_ensemble
+
+    ens = normalise_ensemble(np.ones((0, 5)), np.ones((0, 5)), np.zeros((0, 5), int))
+    assert ens.flux.shape == (0, 5) and np.isnan(ens.reference_flux).all()

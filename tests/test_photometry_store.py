@@ -272,6 +272,17 @@ def test_summary_follows_frames_added_replaced_and_removed(tmp_path):
         rows.stars("flux")
     summary.save()
     assert FrameSummary(tmp_path).refresh(["a.ecsv", "c.ecsv"])[0].meta("bjd_tdb") == [1.5, 3.0]
+    # a key only removed frames had is not kept
+    d, table = _summarised(tmp_path, "d.ecsv", {"frame": "d", "bjd_tdb": 4.0, "only_d": 1})
+    summary = FrameSummary(tmp_path)
+    summary.add(d, table)
+    summary.save()
+    d.unlink()
+    summary = FrameSummary(tmp_path)
+    summary.refresh(["a.ecsv", "c.ecsv"])
+    summary.save()
+    with np.load(tmp_path / SUMMARY_NAME) as npz:
+        assert "only_d" not in npz["meta_keys"].tolist()
     # a summary it cannot read is rebuilt from the files, not trusted
     (tmp_path / SUMMARY_NAME).write_bytes(b"not a zip")
     rows, _ = FrameSummary(tmp_path).refresh(["a.ecsv", "c.ecsv"])

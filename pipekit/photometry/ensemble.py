@@ -82,6 +82,11 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
     E = np.asarray(flux_err, float)
     bad = (np.asarray(flags) != 0) | ~np.isfinite(F) | ~np.isfinite(E) | (E <= 0) | (F <= 0)
     n_frames, n_stars = F.shape
+    if n_frames == 0:   # nothing to normalise: every per-star figure unknown
+        nan, empty = np.full(n_stars, np.nan), np.zeros((0, n_stars))
+        return Ensemble(flux=empty, flux_err=empty.copy(), zero_point=np.zeros(0),
+                        zero_point_err=np.zeros(0), comparison=np.zeros(n_stars, bool),
+                        n_comparison=np.zeros(0, int), chi2=nan, reference_flux=nan.copy())
     candidate = np.ones(n_stars, bool)
     candidate[list(exclude)] = False
     candidate &= bad.mean(axis=0) <= max_bad_fraction
@@ -162,6 +167,8 @@ def _leave_one_out(w, wr, S, r, use, z, W):
 def _nanmedian_columns(a):
     """``np.nanmedian(a, axis=0)``, the same numbers, 3x faster on (frames, stars) arrays
     (numpy's loops over the columns of a tall array in Python); all-NaN columns give NaN."""
+    if a.shape[0] == 0:
+        return np.full(a.shape[1], np.nan)
     ordered = np.sort(a.T, axis=1)   # NaN last
     n = (~np.isnan(a)).sum(axis=0)
     rows = np.arange(a.shape[1])

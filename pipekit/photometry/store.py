@@ -569,8 +569,12 @@ class FrameSummary:
         index = self._stored_index()
         old, new = index[index >= 0], np.flatnonzero(index < 0)
         added = [rows[p].meta for p in new.tolist()]
+        kept_keys = []
         for key in keys:
             data, state, kind = self._encode_key(key, index, old, new, added)
+            if state is not None and (state == _LACKING).all():
+                continue   # a key only frames now gone had
+            kept_keys.append(key)
             blocks[kind].append(data)
             states.append(np.zeros(len(rows), np.uint8) if state is None else state)
             kinds.append(kind)
@@ -578,8 +582,8 @@ class FrameSummary:
             dtype = _DTYPE_OF_KIND[kind]
             arrays["meta_" + kind] = np.array(columns, dtype) if columns else \
                 np.zeros((0, len(rows)), dtype)
-        arrays["meta_state"] = np.array(states, np.uint8).reshape(len(keys), len(rows))
-        arrays["meta_keys"] = np.array(keys, str) if keys else np.zeros(0, str)
+        arrays["meta_state"] = np.array(states, np.uint8).reshape(len(kept_keys), len(rows))
+        arrays["meta_keys"] = np.array(kept_keys, str) if kept_keys else np.zeros(0, str)
         arrays["meta_kinds"] = np.array(kinds, str) if kinds else np.zeros(0, str)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
