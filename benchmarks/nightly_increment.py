@@ -48,38 +48,67 @@ def child_full(red_dir):
                           resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
+#: (module, attribute, part) timed inside the light-curve step: where a rebuild goes.
+LC_PARTS = [
+    ("pipekit.lightcurve", "plot_lightcurve", "figures"),
+    ("pipekit.quality", "plot_quality", "figures"),
+    ("pipekit.photometry.store", "FrameSummary._load", "summary: load"),
+    ("pipekit.photometry.store", "FrameSummary.refresh", "summary: stat every file"),
+    ("pipekit.lightcurve", "normalise_ensemble", "ensemble normalisation"),
+    ("pipekit.lightcurve", "calibrate", "calibration"),
+    ("pipekit.lightcurve", "write_ecsv", "light-curve ECSV"),
+    ("pipekit.lightcurve", "tom_csv_text", "TOM CSV"),
+]
+
+
+def _resolve(module, attribute):
+    """``(owner, name)`` of ``module.attribute`` (``attribute`` may be ``Class.method``)."""
+    import importlib
+
+    owner = importlib.import_module(module)
+    *path, name = attribute.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, name
+
+
 def _timed_increment(red_dir):
-    """Run photometry then the light curve; time each, and the figures within the latter."""
-    from pipekit import lightcurve, quality
+    """Run photometry then the light curve; time each, and the parts of the latter
+    (`LC_PARTS`: the figures, the summary, the ensemble, the files)."""
     from pipekit.workflows import reduction_pipeline
 
-    figures = []
+    spent = {}
 
-    def timed(func):
+    def timed(func, part):
         def run(*args, **kwargs):
             t0 = time.perf_counter()
             try:
                 return func(*args, **kwargs)
             finally:
-                figures.append(time.perf_counter() - t0)
+                spent[part] = spent.get(part, 0.0) + time.perf_counter() - t0
         return run
 
-    plot_lc, plot_q = lightcurve.plot_lightcurve, quality.plot_quality
-    lightcurve.plot_lightcurve, quality.plot_quality = timed(plot_lc), timed(plot_q)
+    patched = [_resolve(module, attribute) for module, attribute, _ in LC_PARTS]
+    originals = [getattr(owner, name) for owner, name in patched]
+    pipe = reduction_pipeline(red_dir)
+    t0 = time.perf_counter()
+    pipe.run(["photometry"])
+    t_phot = time.perf_counter() - t0
+    for (owner, name), func, (_, _, part) in zip(patched, originals, LC_PARTS):
+        setattr(owner, name, timed(func, part))
     try:
-        pipe = reduction_pipeline(red_dir)
-        t0 = time.perf_counter()
-        pipe.run(["photometry"])
-        t_phot = time.perf_counter() - t0
         t0 = time.perf_counter()
         pipe.run(["lightcurve"])
         t_lc = time.perf_counter() - t0
     finally:
-        lightcurve.plot_lightcurve, quality.plot_quality = plot_lc, plot_q
+        for (owner, name), func in zip(patched, originals):
+            setattr(owner, name, func)
     assert pipe.status == "success", pipe.status
     phot = pipe.steps[0].result or {}
-    return {"photometry": t_phot, "lightcurve": t_lc - sum(figures), "figures": sum(figures),
-            "n_measured": phot.get("n_measured")}
+    figures = spent.pop("figures", 0.0)
+    parts = dict(spent, rest=t_lc - figures - sum(spent.values()))
+    return {"photometry": t_phot, "lightcurve": t_lc - figures, "figures": figures,
+            "n_measured": phot.get("n_measured"), "lightcurve_parts": parts}
 
 
 def child_increment(red_dir, new_frames, second_frames):
@@ -207,6 +236,10 @@ def main():
               f"{w['photometry']:10.3f} {w['lightcurve']:6.3f} {w['figures']:6.3f} "
               f"{total / m:8.2f} {w['lightcurve'] / m:8.2f} "
               f"{(total + w['figures']) / m:6.2f}")
+    print("\nwhere the warm light curve goes (ms; the figures apart): " +
+          "; ".join(f"N = {n}: " + ", ".join(f"{k} {1000 * v:.1f}" for k, v in
+                                             inc["warm"]["lightcurve_parts"].items())
+                    for n, _, inc in rows))
     print(f"\nphotometry in {rows[-1][2]['processes']} processes. inc/meas: the warm "
           "increment (photometry + light curve) over measuring the 10 frames alone (target "
           "<= 1.1); lc/meas: the light curve over it (target < 0.10 at N = 2000); +figs: the "
