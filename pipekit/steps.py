@@ -21,6 +21,7 @@ from .errors import ArchiveError, ConfigError, PipekitError
 from .lightcurve import build_lightcurve, lightcurve_paths, write_lightcurve
 from .photometry import REJECTED_FRAMES, measure_dataset
 from .tom import TOMClient
+from .worker import old_objects_out_of_gc
 
 __all__ = ["pipeline_step", "reduction_config", "download", "sort", "configure", "photometry",
            "lightcurve", "upload", "MAX_LISTED_FAILURES"]
@@ -394,8 +395,9 @@ def lightcurve(red_dir, pipeline=None):
         reason, first 50), ``ecsv``, ``csv``, ``png`` (paths).
     """
     red_dir = Path(red_dir)
-    lc = build_lightcurve(red_dir, config=reduction_config(red_dir, pipeline))
-    paths = write_lightcurve(lc, red_dir)
+    with old_objects_out_of_gc():   # no full garbage collection pass over the imports
+        lc = build_lightcurve(red_dir, config=reduction_config(red_dir, pipeline))
+        paths = write_lightcurve(lc, red_dir)
     n_flagged = int((lc.table["flags"] != 0).sum())
     return {
         "status": "success",

@@ -6,6 +6,8 @@ the manager's working folder, environment and ``sys.path`` with every task
 (`run_in_context`), and import their steps' modules when they start (`warm_up`).
 """
 
+import contextlib
+import gc
 import importlib
 import logging
 import multiprocessing
@@ -20,7 +22,7 @@ from .signals import exit_status
 
 __all__ = ["run_checkpoint", "run_dask_task", "run_in_context", "task_context",
            "pool_context", "warm_up", "PRELOAD", "resume_only", "last_line", "usable_cores",
-           "reuse_freed_memory", "CORES_ENV"]
+           "reuse_freed_memory", "old_objects_out_of_gc", "CORES_ENV"]
 
 log = logging.getLogger("pipekit.manager")
 
@@ -122,6 +124,29 @@ def reuse_freed_memory():
     return ok
 
 
+@contextlib.contextmanager
+def old_objects_out_of_gc():
+    """Keep the objects that exist now out of the garbage collector's passes for the
+    duration of the block (`gc.freeze`), then give them back (`gc.unfreeze`).
+
+    A full collection walks every object of the process: with astropy, photutils and
+    matplotlib imported, 50-70 ms, at moments nobody chooses (measured: in about every
+    other photometry step, in the step's process and in each worker: much of the
+    run-to-run spread of a short step). Objects made inside the block are collected as
+    usual; worker processes forked inside it inherit the frozen objects and keep them
+    frozen. When objects are frozen already (an enclosing block, another thread's), the
+    block leaves them to whoever froze them.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def usable_cores():
     """CPU cores this process may run on (Slurm's and taskset's binding counted)."""
     try:
@@ -168,6 +193,7 @@ def warm_up(modules=()):
                 importlib.import_module(module)
             except Exception as err:  # noqa: BLE001 - the pipeline's import says it properly
                 log.debug("worker warm-up: cannot import %s: %s", module, err)
+    gc.freeze()  # the imports stay out of this worker's garbage collector's passes
 
 
 def run_dask_task(path, run_kwargs=None, submitted_started=_NOT_GIVEN):

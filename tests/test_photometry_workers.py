@@ -357,3 +357,47 @@ def test_a_band_lost_with_a_dying_worker_is_an_error_that_says_so(tmp_path):
     work = tasks.FrameWork(_config(red, 1))
     with pytest.raises(PipekitError, match="lost a band with a worker process that died"):
         work.detect_kept_band(truth.files[0])   # no split_detection ran in this process
+
+
+def test_old_objects_out_of_gc_freezes_for_the_block_only():
+    import gc
+    import weakref
+
+    from pipekit.worker import old_objects_out_of_gc
+
+    if gc.get_freeze_count():
+        pytest.skip("objects are frozen already in this process")
+
+    class Node:
+        pass
+
+    with old_objects_out_of_gc():
+        assert gc.get_freeze_count() > 0
+        with old_objects_out_of_gc():   # nested: left to the outer block
+            pass
+        assert gc.get_freeze_count() > 0
+        a, b = Node(), Node()
+        a.other, b.other = b, a      # a cycle made inside the block is still collected
+        gone = weakref.ref(a)
+        del a, b
+        gc.collect()
+        assert gone() is None
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_photometry_step_runs_with_the_imports_frozen_and_gives_them_back(tmp_path,
+                                                                              monkeypatch):
+    import gc
+
+    from pipekit.photometry import dataset
+
+    if gc.get_freeze_count():
+        pytest.skip("objects are frozen already in this process")
+    red, _ = _dataset(tmp_path, n_frames=3)
+    seen = []
+    inner = dataset._measure_dataset
+    monkeypatch.setattr(dataset, "_measure_dataset",
+                        lambda *a: seen.append(gc.get_freeze_count()) or inner(*a))
+    result = measure_dataset(red, _config(red, 2))
+    assert len(result.measured) == 3
+    assert seen and seen[0] > 0 and gc.get_freeze_count() == 0

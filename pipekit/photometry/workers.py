@@ -14,6 +14,7 @@ process may use (at most `MAX_AUTO_PROCESSES`); one inside a daemonic process (a
 worker: it may not have children) or outside the main thread (`photometry_processes`).
 """
 
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -163,6 +164,7 @@ def _become_worker(conn, parent_pid):
     from ..worker import reuse_freed_memory
 
     reuse_freed_memory()  # a worker lives for one step: each frame reuses the last's memory
+    gc.freeze()  # what it inherited stays out of its garbage collector's passes
     if os.getppid() != parent_pid:
         os._exit(0)
     manager = logging.Logger.manager
