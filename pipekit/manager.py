@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .signals import StopWorkers, exit_status
 from .summary import Summary
 from .worker import (CORES_ENV, pool_context, run_checkpoint, run_dask_task, run_in_context,
-                     task_context, usable_cores, warm_up)
+                     start_pool_worker, task_context, usable_cores)
 from .errors import ConfigError, LockError, PipelineError, describe_os_error
 from .lco import slug
 from .locks import DatasetLock
@@ -351,7 +351,7 @@ class Manager:
                           for pipe in self.pipelines for step in pipe.steps}
                          - {"__main__", "__mp_main__"})
         workers = max(1, min(workers, n_pipelines))
-        pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=warm_up,
+        pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=start_pool_worker,
                                       initargs=(modules,), mp_context=pool_context())
         for _ in range(workers):  # start every worker (a pool starts them on submit)
             pool.submit(int)

@@ -22,7 +22,7 @@ from .signals import exit_status
 
 __all__ = ["run_checkpoint", "run_dask_task", "run_in_context", "task_context",
            "pool_context", "warm_up", "PRELOAD", "resume_only", "last_line", "usable_cores",
-           "reuse_freed_memory", "old_objects_out_of_gc", "CORES_ENV"]
+           "reuse_freed_memory", "old_objects_out_of_gc", "start_pool_worker", "CORES_ENV"]
 
 log = logging.getLogger("pipekit.manager")
 
@@ -186,14 +186,22 @@ def warm_up(modules=()):
     modules : iterable of str
         Module names, e.g. ``["pipekit.steps"]``.
     """
-    reuse_freed_memory()  # a pool worker lives for one Manager run: its heap is its own
     for name in modules:
         for module in (name, *_FIRST_USE_IMPORTS.get(name, ())):
             try:
                 importlib.import_module(module)
             except Exception as err:  # noqa: BLE001 - the pipeline's import says it properly
                 log.debug("worker warm-up: cannot import %s: %s", module, err)
-    gc.freeze()  # the imports stay out of this worker's garbage collector's passes
+
+
+def start_pool_worker(modules=()):
+    """The initializer of the Manager's pool workers: `warm_up`, then settings for a
+    process that lives for one Manager run and does nothing else (never call it in
+    yours): malloc reuses freed memory (`reuse_freed_memory`) and the imports stay out of
+    the garbage collector's passes (`gc.freeze`)."""
+    reuse_freed_memory()
+    warm_up(modules)
+    gc.freeze()
 
 
 def run_dask_task(path, run_kwargs=None, submitted_started=_NOT_GIVEN):

@@ -74,3 +74,11 @@ def freed_memory_kept(out_dir, label, megabytes=16):
     kept = (resident() - before) / (1 << 20)
     (Path(out_dir) / f"{label}.kept").write_text(f"{kept:.1f}")
     return {"status": "success", "kept_mb": kept}
+
+
+def gc_frozen(out_dir, label):
+    """Write how many objects this process keeps out of its garbage collector's passes."""
+    import gc
+
+    (Path(out_dir) / f"{label}.frozen").write_text(str(gc.get_freeze_count()))
+    return {"status": "success"}

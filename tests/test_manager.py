@@ -483,3 +483,23 @@ def test_dask_workers_in_the_users_process_leave_its_malloc_alone(tmp_path, monk
         summary = Manager([pipe], executor=client, progress=False).run()
     assert summary.ok and calls == []
     assert int((tmp_path / "here.done").read_text()) == os.getpid()
+
+
+@pytest.mark.skipif(not _GLIBC, reason="malloc tuning is glibc's (mallopt)")
+def test_pool_workers_reuse_freed_memory_and_keep_their_imports_frozen(tmp_path):
+    """The Manager's pool workers (processes of their own) are set up by
+    `start_pool_worker`; `warm_up` alone, which anyone may call, changes nothing."""
+    import gc
+
+    from pipekit.worker import warm_up
+
+    pipe = Pipeline(paths={"log": tmp_path / "logs"}, name="pool")
+    pipe.add_step(steps.freed_memory_kept, out_dir=str(tmp_path), label="pool")
+    pipe.add_step(steps.gc_frozen, out_dir=str(tmp_path), label="pool")
+    summary = Manager([pipe], max_parallel=1, progress=False).run()
+    assert summary.ok, summary
+    assert _kept(tmp_path / "pool.kept") > 12
+    assert int((tmp_path / "pool.frozen").read_text()) > 1000
+    frozen = gc.get_freeze_count()
+    warm_up(["json"])
+    assert gc.get_freeze_count() == frozen
