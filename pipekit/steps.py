@@ -355,7 +355,8 @@ def photometry(red_dir, pipeline=None):
         dataset holds no frame, or no frame could be measured at all.
     """
     red_dir = Path(red_dir)
-    result = measure_dataset(red_dir, config=reduction_config(red_dir, pipeline))
+    with old_objects_out_of_gc():   # no full garbage collection pass over the imports
+        result = measure_dataset(red_dir, config=reduction_config(red_dir, pipeline))
     done = len(result.measured) + len(result.skipped)
     status = {
         "status": "success" if done else "error",

@@ -22,7 +22,8 @@ from .signals import exit_status
 
 __all__ = ["run_checkpoint", "run_dask_task", "run_in_context", "task_context",
            "pool_context", "warm_up", "PRELOAD", "resume_only", "last_line", "usable_cores",
-           "reuse_freed_memory", "old_objects_out_of_gc", "start_pool_worker", "CORES_ENV"]
+           "reuse_freed_memory", "old_objects_out_of_gc", "start_pool_worker",
+           "set_up_worker_process", "CORES_ENV"]
 
 log = logging.getLogger("pipekit.manager")
 
@@ -195,12 +196,19 @@ def warm_up(modules=()):
 
 
 def start_pool_worker(modules=()):
-    """The initializer of the Manager's pool workers: `warm_up`, then settings for a
-    process that lives for one Manager run and does nothing else (never call it in
-    yours): malloc reuses freed memory (`reuse_freed_memory`) and the imports stay out of
-    the garbage collector's passes (`gc.freeze`)."""
-    reuse_freed_memory()
+    """The initializer of the Manager's pool workers: `warm_up`, then
+    `set_up_worker_process` (a pool worker lives for one Manager run)."""
     warm_up(modules)
+    set_up_worker_process()
+
+
+def set_up_worker_process():
+    """Settings for a process that does pipekit's work and nothing else (a Manager pool
+    worker, a photometry worker; never call it in yours): malloc reuses freed memory
+    (`reuse_freed_memory`) and the objects it holds now (its imports, or what it inherited
+    from the process that forked it) stay out of the garbage collector's passes
+    (`gc.freeze`, for good)."""
+    reuse_freed_memory()
     gc.freeze()
 
 

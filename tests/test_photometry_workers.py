@@ -389,15 +389,16 @@ def test_the_photometry_step_runs_with_the_imports_frozen_and_gives_them_back(tm
                                                                               monkeypatch):
     import gc
 
-    from pipekit.photometry import dataset
+    from pipekit import steps
 
     if gc.get_freeze_count():
         pytest.skip("objects are frozen already in this process")
     red, _ = _dataset(tmp_path, n_frames=3)
+    monkeypatch.setenv("PIPEKIT_CORES_PER_PIPELINE", "2")
     seen = []
-    inner = dataset._measure_dataset
-    monkeypatch.setattr(dataset, "_measure_dataset",
-                        lambda *a: seen.append(gc.get_freeze_count()) or inner(*a))
-    result = measure_dataset(red, _config(red, 2))
-    assert len(result.measured) == 3
+    inner = steps.measure_dataset
+    monkeypatch.setattr(steps, "measure_dataset",
+                        lambda *a, **k: seen.append(gc.get_freeze_count()) or inner(*a, **k))
+    result = steps.photometry(red)
+    assert result["status"] == "success" and result["n_measured"] == 3
     assert seen and seen[0] > 0 and gc.get_freeze_count() == 0

@@ -391,13 +391,7 @@ def measure_dataset(red_dir, config=None):
     ConfigError
         When ``photometry.reference_image`` names no frame of the dataset.
     """
-    from ..worker import old_objects_out_of_gc
 
-    with old_objects_out_of_gc():   # no full garbage collection pass over the imports
-        return _measure_dataset(red_dir, config)
-
-
-def _measure_dataset(red_dir, config):
     red_dir = Path(red_dir)
     config = load_dataset_config(red_dir, config)
     phot_dir = red_dir / "photometry"

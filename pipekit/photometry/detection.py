@@ -143,7 +143,6 @@ class Background:
         return self._map
 
 
-
 def _balanced(values):
     """NaN replaced by +inf and -inf in turn: the median of the rest is unchanged, and
     ``np.median`` is several times faster than ``np.nanmedian``."""

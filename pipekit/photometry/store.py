@@ -457,13 +457,13 @@ class FrameSummary:
         self._index_cache = self._lengths_cache = None
         self.changed = True
 
+    def _row_stamp(self, r):
+        return self._stamps[r] if type(r) is int else r.stamp
+
     def stamp(self, name):
         """``[size, mtime_ns]`` of the file ``name`` as summarised, or None."""
         pos = self._pos.get(name)
-        if pos is None:
-            return None
-        r = self._rows[pos]
-        return self._stamps[r] if type(r) is int else r.stamp
+        return None if pos is None else self._row_stamp(self._rows[pos])
 
     def meta_value(self, name, key, default=None):
         """One metadata value of the summarised file ``name`` (``default`` if absent)."""
@@ -512,13 +512,11 @@ class FrameSummary:
                         os.stat(os.path.join(folder, name))
                 except FileNotFoundError:
                     continue
-                stamp = [st.st_size, st.st_mtime_ns]
+                stamp = _stamp(st)
                 pos = self._pos.get(name)
-                if pos is not None:
-                    r = self._rows[pos]
-                    if (self._stamps[r] if type(r) is int else r.stamp) == stamp:
-                        positions.append(pos)
-                        continue
+                if pos is not None and self._row_stamp(self._rows[pos]) == stamp:
+                    positions.append(pos)
+                    continue
                 path = os.path.join(folder, name)
                 try:
                     meta, columns = read_frame_columns(path, SUMMARY_COLUMNS)
@@ -554,8 +552,8 @@ class FrameSummary:
         rows = self._rows
         arrays = {"format": np.array(_SUMMARY_FORMAT),
                   "names": np.array(self._names, str) if rows else np.zeros(0, str),
-                  "stamps": np.array([self._stamps[r] if type(r) is int else r.stamp
-                                      for r in rows], np.int64).reshape(-1, 2)}
+                  "stamps": np.array([self._row_stamp(r) for r in rows],
+                                     np.int64).reshape(-1, 2)}
         arrays["offsets"] = np.concatenate([[0], np.cumsum(self._lengths(), dtype=np.int64)])
         for c in SUMMARY_COLUMNS:
             parts = [self._star[c][self._offsets[r]:self._offsets[r + 1]] if type(r) is int
@@ -602,9 +600,8 @@ class FrameSummary:
         values = [m.get(key, _ABSENT) for m in added]
         if key in self._meta:
             kind, data, state = self._meta[key]
-            fits = _meta_kind([v for v in values if v is not _ABSENT and v is not None])
-            if not values or fits == kind or (fits == "float" and not any(
-                    v is not _ABSENT and v is not None for v in values)):
+            present = [v for v in values if v is not _ABSENT and v is not None]
+            if not present or _meta_kind(present) == kind:
                 try:
                     more, more_state = _encode_meta(kind, values)
                 except OverflowError:

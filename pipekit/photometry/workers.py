@@ -14,7 +14,6 @@ process may use (at most `MAX_AUTO_PROCESSES`); one inside a daemonic process (a
 worker: it may not have children) or outside the main thread (`photometry_processes`).
 """
 
-import gc
 import itertools
 import logging
 import multiprocessing
@@ -161,10 +160,9 @@ def _become_worker(conn, parent_pid):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-    from ..worker import reuse_freed_memory
+    from ..worker import set_up_worker_process
 
-    reuse_freed_memory()  # a worker lives for one step: each frame reuses the last's memory
-    gc.freeze()  # what it inherited stays out of its garbage collector's passes
+    set_up_worker_process()  # it lives for one step: each frame reuses the last's memory
     if os.getppid() != parent_pid:
         os._exit(0)
     manager = logging.Logger.manager
