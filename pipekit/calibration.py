@@ -241,19 +241,37 @@ def _aperture_correction(path, phot_path, config):
 
 # ---- the three sources -----------------------------------------------------------------
 
-def _banzai(red_dir, config, frames, scale, scale_err, facts, paths):
+def _l1zp(red_dir, frames, paths):
+    """``(L1ZP, L1ZPERR)`` arrays of ``frames``, NaN where unknown, failed or zero.
+
+    The photometry files hold them; files of earlier versions do not, and those frames'
+    headers are read (`frame_facts`)."""
+    l1zp, l1zperr = frames.numbers("l1zp"), frames.numbers("l1zperr")
+    missing = np.flatnonzero(~np.array(frames.has("l1zp"), bool))
+    if len(missing):
+        names = frames.take(missing).meta("frame")
+        facts = frame_facts(red_dir, names, paths)
+        for i, name in zip(missing, names):
+            found = facts.get(name, {})
+            l1zp[i] = found.get("l1zp") or np.nan
+            l1zperr[i] = found.get("l1zperr") or np.nan
+    with np.errstate(invalid="ignore"):
+        # a zero is no zero point (as a missing one)
+        l1zp[l1zp == 0] = np.nan
+        l1zperr[l1zperr == 0] = np.nan
+    return l1zp, l1zperr
+
+
+def _banzai(red_dir, config, frames, scale, scale_err, l1zp, l1zperr, paths):
     """Zero point from the frames' L1ZP, after the ensemble normalisation; or a reason."""
     n = len(frames)
-    names = frames.meta("frame")
-    l1zp = np.array([facts.get(f, {}).get("l1zp") or np.nan for f in names], float)
-    l1zperr = np.array([facts.get(f, {}).get("l1zperr") or np.nan for f in names], float)
     valid = np.isfinite(l1zp) & np.isfinite(l1zperr)
     details = {"n_frames": n, "n_valid_l1zp": int(valid.sum())}
     need = int(config.calibration.min_stars)
     if valid.sum() < need:
         return None, l1zp, l1zperr, (f"{int(valid.sum())} of {n} frames have a valid L1ZP "
                                      f"(calibration.min_stars = {need})"), details
-    exptime = np.array(frames.meta("exptime"), float)
+    exptime = frames.numbers("exptime")
     # frame i: mag = L1ZP_i - 2.5 log10(raw / t_i) and raw = scale_i * F (in the aperture)
     per_frame = l1zp - 2.5 * np.log10(scale / exptime)
     frame_err = np.hypot(l1zperr, _MAG * scale_err / scale)
@@ -268,8 +286,7 @@ def _banzai(red_dir, config, frames, scale, scale_err, facts, paths):
     apcor_err = np.full(n, np.nan)
     growth = np.full(n, np.nan)
     changed = False
-    for i in candidates:
-        name = names[i]
+    for i, name in zip(candidates, frames.take(candidates).meta("frame")):
         entry = cache.setdefault(name, {})
         path = paths.get(name)
         if path is None:
@@ -396,24 +413,16 @@ def calibrate(red_dir, config, frames, ensemble, frames_idx, stars):
     red_dir = Path(red_dir)
     scale = np.asarray(ensemble.zero_point, float)[frames_idx]
     scale_err = np.asarray(ensemble.zero_point_err, float)[frames_idx]
-    exptime = np.array(frames.meta("exptime"), float)
-    names = frames.meta("frame")
+    exptime = frames.numbers("exptime")
     paths = _FramePaths(red_dir)
-    # the photometry files hold L1ZP (files of earlier versions do not: their headers are read)
-    facts = {name: {"l1zp": zp, "l1zperr": zperr, "mjd_mid": mjd}
-             for name, has, zp, zperr, mjd in zip(names, frames.has("l1zp"), frames.meta("l1zp"),
-                                                  frames.meta("l1zperr"),
-                                                  frames.meta("mjd_mid_utc")) if has}
-    missing = [name for name in names if name not in facts]
-    if missing:
-        facts.update(frame_facts(red_dir, missing, paths))
+    frame_l1zp, frame_l1zperr = _l1zp(red_dir, frames, paths)
     reasons = {}
     result = None
     nan = np.full(len(frames), np.nan)
     l1zp, l1zperr = nan, nan
     if config.calibration.use_banzai_zeropoints:
         found, l1zp, l1zperr, why, details = _banzai(red_dir, config, frames, scale, scale_err,
-                                                     facts, paths)
+                                                     frame_l1zp, frame_l1zperr, paths)
         if found:
             result = ("banzai", found, details)
         else:

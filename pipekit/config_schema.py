@@ -8,6 +8,7 @@ expected; a value that means "not set" (`is_unset`) is the same as a missing key
 """
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -120,7 +121,9 @@ class Section:
         return extra
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(cls):
+    # resolved once per class: a config has a dozen sections, each field asks
     return typing.get_type_hints(cls)
 
 

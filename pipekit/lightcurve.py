@@ -171,16 +171,15 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     if not len(rows):
         raise PipekitError(f"{phot_dir}: no per-frame photometry to build a light curve from "
                            f"(rejected frames: {rejected or 'none'})")
-    rows = rows.take(np.argsort(np.array(rows.meta("bjd_tdb"), float), kind="stable"))
+    rows = rows.take(np.argsort(rows.numbers("bjd_tdb"), kind="stable"))
     F = rows.stars("flux").astype(float)
     E = rows.stars("flux_err").astype(float)
     G = rows.stars("flags").astype(int)
     min_stars = int(config.photometry.min_comparison_stars)
     ens = normalise_ensemble(F, E, G, exclude=(0,), min_stars=min_stars)
     keep = ~(G[:, 0] & OFF_FRAME).astype(bool) & np.isfinite(ens.zero_point)
-    all_frames = rows.meta("frame")
-    for i in np.flatnonzero(~keep):
-        frame = all_frames[i]
+    dropped = np.flatnonzero(~keep)
+    for i, frame in zip(dropped, rows.take(dropped).meta("frame")):
         if G[i, 0] & OFF_FRAME:
             rejected[frame] = (f"{red_dir}: frame {frame}: target outside the frame (or the "
                                "WCS cannot place it)")
@@ -205,14 +204,14 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     filters = sorted({str(v) for v in kept.meta("filter")})
     filt = filters[0] if len(filters) == 1 else "+".join(filters)
     table = Table({
-        "time": np.array(kept.meta("bjd_tdb"), float),
-        "mjd_utc": np.array(kept.meta("mjd_mid_utc"), float),
+        "time": kept.numbers("bjd_tdb"),
+        "mjd_utc": kept.numbers("mjd_mid_utc"),
         "flux": flux, "flux_err": err, "mag": mag, "mag_err": mag_err,
         "frame": frames, "flags": flags.astype(np.int32),
     })
     # per-frame quality figures (NaN for files written before pipekit recorded them)
     for col, key, what in _QUALITY:
-        table[col] = np.array([np.nan if v is None else float(v) for v in kept.meta(key)])
+        table[col] = kept.numbers(key)
         table[col].description = what
     table["time"].unit = "d"
     table["time"].description = "mid-exposure BJD_TDB of the target (JD, TDB, barycentric)"
@@ -234,7 +233,7 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
         "time_scale": "tdb", "time_reference": "solar system barycentre",
         "time_format": "jd", "time_position": "mid-exposure (DATE-OBS + EXPTIME / 2)",
         "reduction_config": _config_dict(config),
-        "aperture_radius_px": float(np.median(np.array(kept.meta("radius_px"), float))),
+        "aperture_radius_px": float(np.median(kept.numbers("radius_px"))),
         "annulus_px": [float(kept.meta("annulus_in_px")[0]),
                        float(kept.meta("annulus_out_px")[0])],
         "reference_frame": stars.meta.get("reference_frame"),
@@ -266,7 +265,7 @@ def _calibration(red_dir, config, frames, ens, idx, stars, zeropoint):
         return calibrate(red_dir, config, frames, ens, idx, stars)
     from .calibration import Calibration
     nan = np.full(len(idx), np.nan)
-    exptime = np.array(frames.meta("exptime"), float)
+    exptime = frames.numbers("exptime")
     return Calibration("instrumental", float(zeropoint), np.nan,
                        zeropoint + 2.5 * np.log10(ens.zero_point[idx] / exptime), nan, nan,
                        {"not_used": {"all": "build_lightcurve(zeropoint=...) given"}})

@@ -10,7 +10,7 @@ from astropy.table import Table
 
 from pipekit.photometry import measure_dataset
 from pipekit.photometry.detection import _local_maxima, _smoothed
-from pipekit.photometry.store import SUMMARY_NAME, FrameSummary, ecsv_text
+from pipekit.photometry.store import SUMMARY_NAME, FrameSummary, ecsv_text, float_words
 from pipekit.photometry.times import bjd_tdb, bjd_tdb_many
 from pipekit.testing.simulate import simulate_dataset
 
@@ -85,6 +85,22 @@ def test_fast_ecsv_reader_gives_what_astropys_reader_gives(tmp_path):
     assert meta["bjd_tdb"] == t.meta["bjd_tdb"] and list(columns) == ["id", "flux"]
     with pytest.raises(KeyError, match="missing"):
         store.read_frame_columns(cases[0], ("id", "flux_err"))
+
+
+def test_float_words_are_pythons_repr_for_floats_of_every_magnitude():
+    rng = np.random.default_rng(7)
+    values = np.concatenate([
+        rng.random(20000) * 10.0 ** rng.integers(-320, 300, 20000),
+        -rng.random(2000) * 10.0 ** rng.integers(-12, 20, 2000),
+        np.geomspace(1e-7, 1e-3, 2000), np.geomspace(1e14, 1e18, 2000),
+        2461274 + rng.random(2000), np.round(rng.random(500) * 100),
+        rng.random(500).astype(np.float32),
+        [0.0, -0.0, 1e-4, 9.999999999999999e-05, 1e16, 1e16 - 2, 1e22, 5e-324,
+         1.7976931348623157e308, np.nan, np.inf, -np.inf]])
+    assert float_words(values) == [repr(v) for v in values.tolist()]
+    assert float_words(np.zeros(0)) == [] and float_words([0.5]) == ["0.5"]
+    # a float32 column is written as its values read as float64, as before
+    assert float_words(np.float32([0.1])) == [repr(float(np.float32(0.1)))]
 
 
 def test_fast_ecsv_string_columns_read_back():

@@ -4,7 +4,7 @@ Each measured frame has its own ``photometry/<frame stem>.ecsv`` (the resumable 
 written atomically once the frame is measured). `write_frame_ecsv` writes the same ECSV
 as astropy's writer (readable by ``Table.read(..., format="ascii.ecsv")``, numbers
 round-trip exactly) 6-7 times faster: the YAML header by the C YAML dumper and the
-rows by Python's shortest round-trip float formatting; `read_frame_ecsv` reads such a file
+rows in Python's shortest round-trip float text (its digits made by orjson); `read_frame_ecsv` reads such a file
 back (about 4 times faster than astropy's reader, the same values) and any other ECSV
 through astropy.
 
@@ -24,11 +24,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from ..atomic import write_bytes_atomic, write_text_atomic
 
 __all__ = ["ecsv_text", "write_frame_ecsv", "read_frame_ecsv", "read_frame_columns",
-           "FrameSummary", "FrameRows", "SUMMARY_NAME",
+           "FrameSummary", "FrameRows", "SUMMARY_NAME", "float_words",
            "SUMMARY_COLUMNS", "done_stamp", "plain"]
 
 log = logging.getLogger("pipekit.photometry")
@@ -118,11 +119,40 @@ def ecsv_text(table):
                      width=1000)
     lines = ["# %ECSV 1.0", "# ---"] + ["# " + line for line in text.splitlines()]
     lines.append(" ".join(table.colnames))
-    fmt = [str if c.dtype.kind in "US" else repr for c in cols]
-    rows = zip(*[list(map(f, c.tolist())) for f, c in zip(fmt, cols)])
+    rows = zip(*[float_words(c) if c.dtype.kind == "f" else
+                 list(map(str if c.dtype.kind in "US" else repr, c.tolist())) for c in cols])
     lines.extend(" ".join(row) for row in rows)
     lines.append("")
     return "\n".join(lines)
+
+
+def float_words(values):
+    """Each float of ``values`` as Python's ``repr`` writes it (the shortest text that reads
+    back the same float), 8-9 times faster.
+
+    orjson makes the same shortest digits (tested over 40 000 values of every magnitude) but
+    writes exponents, NaN and infinities its own way, and numbers in [1e-5, 1e-4) without an
+    exponent: those few are written by ``repr``.
+
+    Parameters
+    ----------
+    values : array_like of float
+
+    Returns
+    -------
+    list of str
+    """
+    values = np.ascontiguousarray(values, np.float64).reshape(-1)
+    if not len(values):
+        return []
+    words = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY).decode("ascii")[1:-1] \
+        .split(",")
+    size = np.abs(values)
+    with np.errstate(invalid="ignore"):
+        own_way = ~(size < 1e16) | ((size < 1e-4) & (size != 0))   # NaN and inf too
+    for i in np.flatnonzero(own_way).tolist():
+        words[i] = repr(float(values[i]))
+    return words
 
 
 def write_frame_ecsv(table, path):
@@ -309,6 +339,12 @@ class FrameRows:
         """Whether each frame's metadata holds ``key`` (even as None)."""
         return [v is not _ABSENT for v in self._summary._meta_values(key, self._positions)]
 
+    def numbers(self, key):
+        """One numeric metadata key over the frames as a float array (NaN where a frame's
+        value is None or missing); picked from the stored column without a Python object
+        per frame when it can be."""
+        return self._summary._meta_numbers(key, self._positions)
+
     def stars(self, column):
         """A per-star column over the frames, shape ``(frames, stars)`` (every frame must
         have the same number of stars: select them by `lengths` first)."""
@@ -429,6 +465,20 @@ class FrameSummary:
         return [base[i] if i >= 0 else self._rows[p].meta.get(key, _ABSENT)
                 for i, p in zip(index.tolist(), np.asarray(positions).tolist())]
 
+    def _meta_numbers(self, key, positions):
+        index = self._stored_index()[positions]
+        stored = self._meta.get(key)
+        if stored is not None and stored[0] in ("float", "int") and \
+                (not len(index) or index.min() >= 0):
+            kind, data, state = stored
+            out = data[index].astype(np.float64)
+            if state is not None:
+                out[state[index] != _PRESENT] = np.nan
+            return out
+        values = self._meta_values(key, positions)
+        return np.array([np.nan if v is None or v is _ABSENT else float(v) for v in values],
+                        np.float64)
+
     def _star_matrix(self, column, positions):
         lengths = np.unique(self._lengths()[positions])
         if len(lengths) > 1:
@@ -503,20 +553,25 @@ class FrameSummary:
         folder = os.fspath(self.phot_dir)
         # stat relative to the open folder: no path joined and resolved per file
         fd = os.open(folder, os.O_RDONLY) if os.stat in os.supports_dir_fd else None
-        positions, failures, seen = [], [], set()
+        names = list(names)
+        positions, failures = [], []
+        # the loop runs once per frame of the dataset on every rebuild: kept lean
+        pos_of, rows, stamps, stat = self._pos.get, self._rows, self._stamps, os.stat
         try:
             for name in names:
-                seen.add(name)
                 try:
-                    st = os.stat(name, dir_fd=fd) if fd is not None else \
-                        os.stat(os.path.join(folder, name))
+                    st = stat(name, dir_fd=fd) if fd is not None else \
+                        stat(os.path.join(folder, name))
                 except FileNotFoundError:
                     continue
+                pos = pos_of(name)
+                if pos is not None:
+                    r = rows[pos]
+                    known = stamps[r] if type(r) is int else r.stamp
+                    if known[1] == st.st_mtime_ns and known[0] == st.st_size:
+                        positions.append(pos)
+                        continue
                 stamp = _stamp(st)
-                pos = self._pos.get(name)
-                if pos is not None and self._row_stamp(self._rows[pos]) == stamp:
-                    positions.append(pos)
-                    continue
                 path = os.path.join(folder, name)
                 try:
                     meta, columns = read_frame_columns(path, SUMMARY_COLUMNS)
@@ -528,6 +583,7 @@ class FrameSummary:
         finally:
             if fd is not None:
                 os.close(fd)
+        seen = set(names)
         gone = [name for name in self._pos if name not in seen]
         if gone:
             positions = self._drop(gone, positions)
