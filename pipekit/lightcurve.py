@@ -147,9 +147,10 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
         rejected.update(json.loads(rej_path.read_text(encoding="utf-8")))
     # the summary holds what every per-frame file gave: only files it does not know are read
     summary = FrameSummary(phot_dir)
-    with os.scandir(phot_dir) as entries:  # names sorted as text: no Path per comparison
-        names = sorted(e.name for e in entries if e.name.endswith(".ecsv")
-                       and e.name != REFERENCE_STARS and not e.name.startswith("."))
+    # names sorted as text: no Path (nor directory entry object) per file
+    names = [name for name in os.listdir(phot_dir) if name.endswith(".ecsv")
+             and name[0] != "." and name != REFERENCE_STARS]
+    names.sort()
     rows, failures = summary.refresh(names)
     if failures:
         path, exc = failures[0]
@@ -201,13 +202,13 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
         mag = np.where(flux > 0, zeropoint - 2.5 * np.log10(flux), np.nan)
         mag_err = np.where(flux > 0, 2.5 / np.log(10) * err / flux, np.nan)
     frames = kept.meta("frame")
-    filters = sorted({str(v) for v in kept.meta("filter")})
+    filters = sorted(set(map(str, kept.meta("filter"))))
     filt = filters[0] if len(filters) == 1 else "+".join(filters)
     table = Table({
         "time": kept.numbers("bjd_tdb"),
         "mjd_utc": kept.numbers("mjd_mid_utc"),
         "flux": flux, "flux_err": err, "mag": mag, "mag_err": mag_err,
-        "frame": frames, "flags": flags.astype(np.int32),
+        "frame": np.array(frames, str), "flags": flags.astype(np.int32),
     })
     # per-frame quality figures (NaN for files written before pipekit recorded them)
     for col, key, what in _QUALITY:

@@ -90,34 +90,42 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
     candidate[list(exclude)] = False
     candidate &= bad.mean(axis=0) <= max_bad_fraction
     comp = candidate.copy()
-    good = ~bad
-    outlier = np.zeros_like(bad)
+    # Stars along the first axis (each star's frames contiguous: its median sorts one row,
+    # a frame's sum over stars adds rows), bad measurements replaced by 1 so that masked
+    # sums can multiply by the mask (0 × a finite number) instead of selecting.
+    good = ~bad.T
+    Fs = np.where(good, F.T, 1.0)
+    Es = np.where(good, E.T, 1.0)
+    Fm = np.where(good, Fs, np.nan)
+    outlier = np.zeros_like(good)
     z = np.ones(n_frames)
     chi2 = np.full(n_stars, np.nan)
-    Fm = np.where(bad, np.nan, F)
     # a star with no usable frame (or a frame with none) has a NaN median / mean: the NaN is
     # the answer (the loop runs on every rebuild: few numpy calls, none that warns)
     with np.errstate(invalid="ignore", divide="ignore"):
         for _ in range(max_iter):
-            ref = _nanmedian_columns(Fm / z[:, None])
-            r = F / ref
-            e = E / ref
-            use = comp[None, :] & good & ~outlier & np.isfinite(r)
-            n_use = use.sum(axis=1)
-            w = np.where(use, 1.0 / e ** 2, 0.0)
-            W = w.sum(axis=1)
-            wr = w * np.where(use, r, 0)
-            S = wr.sum(axis=1)
+            ref = _nanmedian_rows(Fm / z)
+            known = np.isfinite(ref)
+            scale = np.where(known, ref, 1.0)[:, None]
+            r = Fs / scale
+            e = Es / scale
+            use = (comp & known)[:, None] & good & ~outlier
+            n_use = use.sum(axis=0)
+            w = use / e ** 2
+            wr = w * r
+            W = w.sum(axis=0)
+            S = wr.sum(axis=0)
             z = np.where(n_use >= min_stars, S / W, np.nan)
             # per-frame outliers (cosmic rays, a neighbour's glint)
-            new_outlier = comp[None, :] & good & (np.abs(r - z[:, None]) > clip * e)
+            new_outlier = (comp & known)[:, None] & good & (np.abs(r - z) > clip * e)
             zl, zle = _leave_one_out(w, wr, S, r, use, z, W, n_use)
             # ((r / zl - 1) / σ)² with σ = hypot(e / zl, r zle / zl²): each star's normalised
             # flux about 1 in units of its error, written without hypot (4x slower)
             q = r * zle / zl
             res = (r - zl) ** 2 / (e ** 2 + q ** 2)
             counted = good & ~new_outlier & ~np.isnan(res)
-            chi2 = np.where(counted, res, 0.0).sum(axis=0) / counted.sum(axis=0)
+            chi2 = np.where(counted, res, 0.0).sum(axis=1) / counted.sum(axis=1)
+            chi2[~known] = np.nan
             c = chi2[comp & np.isfinite(chi2)]
             if c.size >= min_stars:
                 med = _median(c)
@@ -129,36 +137,38 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
             if np.array_equal(new_comp, comp) and np.array_equal(new_outlier, outlier):
                 break
             comp, outlier = new_comp, new_outlier
-        use = comp[None, :] & good & ~outlier
-        n_comp = use.sum(axis=1)
-        w = np.where(use, 1.0 / (E / ref) ** 2, 0.0)
-        W = w.sum(axis=1)
-        r = F / ref
-        wr = w * np.where(use, r, 0)
-        S = wr.sum(axis=1)
+        use = (comp & known)[:, None] & good & ~outlier
+        n_comp = use.sum(axis=0)
+        w = use / (Es / scale) ** 2
+        r = Fs / scale
+        wr = w * r
+        W = w.sum(axis=0)
+        S = wr.sum(axis=0)
         z = np.where(n_comp >= min_stars, S / W, np.nan)
         zl, zle = _leave_one_out(w, wr, S, r, use, z, W, n_comp)
-        chi_frame = np.where(n_comp > 1, (w * np.where(use, r - z[:, None], 0) ** 2).sum(axis=1)
+        chi_frame = np.where(n_comp > 1, (w * (r - z) ** 2).sum(axis=0)
                              / np.maximum(n_comp - 1, 1), 1.0)
         z_err = np.sqrt(np.maximum(chi_frame, 1.0) / W)
         # comparison stars use their leave-one-out zero point, everyone else the full one
-        zz = np.where(use, zl, z[:, None])
-        zze = np.where(use, zle, z_err[:, None])
-        norm = F / zz
-        norm_err = np.hypot(E / zz, F * zze / zz ** 2)
-    return Ensemble(flux=norm, flux_err=norm_err, zero_point=z, zero_point_err=z_err,
+        zz = np.where(use, zl, z)
+        zze = np.where(use, zle, z_err)
+        FT, ET = F.T, E.T
+        norm = FT / zz
+        norm_err = np.hypot(ET / zz, FT * zze / zz ** 2)
+    return Ensemble(flux=np.ascontiguousarray(norm.T),
+                    flux_err=np.ascontiguousarray(norm_err.T), zero_point=z, zero_point_err=z_err,
                     comparison=comp, n_comparison=n_comp, chi2=chi2, reference_flux=ref)
 
 
 def _leave_one_out(w, wr, S, r, use, z, W, n):
-    """Zero points and errors without each star itself (for the stars in ``use``, ``n`` of
-    them per frame); ``wr`` is ``w * r`` where used (0 elsewhere) and ``S`` its sum over
-    stars."""
-    W1 = W[:, None] - w
-    zl = np.where(use, (S[:, None] - wr) / W1, z[:, None])
-    resid = np.where(use, w * (r - z[:, None]) ** 2, 0)
-    chi = resid.sum(axis=1) / np.maximum(n - 1, 1)
-    zle = np.sqrt(np.maximum(chi, 1.0)[:, None] / np.where(use, W1, W[:, None]))
+    """Zero points and errors without each star itself (stars along the first axis; for the
+    stars in ``use``, ``n`` of them per frame); ``w`` and ``wr = w * r`` are 0 where not
+    used and ``S`` is the sum of ``wr`` over stars. Where a frame's ``z`` is NaN its errors
+    are NaN."""
+    W1 = W - w                          # W itself where not used (w = 0 there)
+    zl = np.where(use, (S - wr) / W1, z)
+    chi = (w * (r - z) ** 2).sum(axis=0) / np.maximum(n - 1, 1)
+    zle = np.sqrt(np.maximum(chi, 1.0) / W1)
     return zl, zle
 
 
@@ -169,14 +179,14 @@ def _median(values):
     return float(v[half]) if len(v) % 2 else float((v[half - 1] + v[half]) / 2)
 
 
-def _nanmedian_columns(a):
-    """``np.nanmedian(a, axis=0)``, the same numbers, 3x faster on (frames, stars) arrays
-    (numpy's loops over the columns of a tall array in Python); all-NaN columns give NaN."""
-    if a.shape[0] == 0:
-        return np.full(a.shape[1], np.nan)
-    ordered = np.sort(a.T, axis=1)   # NaN last
-    n = (~np.isnan(a)).sum(axis=0)
-    rows = np.arange(a.shape[1])
+def _nanmedian_rows(a):
+    """``np.nanmedian(a, axis=1)``, the same numbers, 3x faster on (stars, frames) arrays
+    (numpy's loops over rows in Python); all-NaN rows give NaN."""
+    if a.shape[1] == 0:
+        return np.full(a.shape[0], np.nan)
+    ordered = np.sort(a, axis=1)   # NaN last
+    n = (~np.isnan(a)).sum(axis=1)
+    rows = np.arange(a.shape[0])
     lo = ordered[rows, np.maximum((n - 1) // 2, 0)]
     hi = ordered[rows, np.maximum(n // 2, 0)]
     return np.where(n > 0, 0.5 * (lo + hi), np.nan)

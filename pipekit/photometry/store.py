@@ -421,6 +421,9 @@ class FrameSummary:
         self._star, self._meta = star, meta
         self._rows = list(range(len(names)))
         self._pos = {name: i for i, name in enumerate(names)}
+        # as loaded, position i is stored frame i (`_put` and `_drop` recompute these)
+        self._index_cache = np.arange(len(names), dtype=np.int64)
+        self._lengths_cache = np.diff(offsets)
 
     def _base_values(self, key):
         """A stored key's values over the stored frames, decoded once (`_ABSENT` where a
