@@ -278,7 +278,7 @@ def _banzai(red_dir, config, frames, scale, scale_err, l1zp, l1zperr, paths):
     # BANZAI's fluxes hold (nearly) all of a star's light, the aperture not: correct each
     # frame by its measured aperture fraction (a subset of frames, evenly spread)
     cache = _load_cache(red_dir)
-    key = f"apcor-v2:{frames.meta('settings_hash')[0]}"
+    key = f"apcor-v2:{frames.first('settings_hash')}"
     candidates = np.flatnonzero(valid)
     if len(candidates) > MAX_APCOR_FRAMES:
         candidates = candidates[np.linspace(0, len(candidates) - 1, MAX_APCOR_FRAMES).astype(int)]

@@ -201,14 +201,13 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     with np.errstate(invalid="ignore", divide="ignore"):
         mag = np.where(flux > 0, zeropoint - 2.5 * np.log10(flux), np.nan)
         mag_err = np.where(flux > 0, 2.5 / np.log(10) * err / flux, np.nan)
-    frames = kept.meta("frame")
-    filters = sorted(set(map(str, kept.meta("filter"))))
+    filters = np.unique(kept.texts("filter")).tolist()
     filt = filters[0] if len(filters) == 1 else "+".join(filters)
     table = Table({
         "time": kept.numbers("bjd_tdb"),
         "mjd_utc": kept.numbers("mjd_mid_utc"),
         "flux": flux, "flux_err": err, "mag": mag, "mag_err": mag_err,
-        "frame": np.array(frames, str), "flags": flags.astype(np.int32),
+        "frame": kept.texts("frame"), "flags": flags.astype(np.int32),
     })
     # per-frame quality figures (NaN for files written before pipekit recorded them)
     for col, key, what in _QUALITY:
@@ -235,12 +234,12 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
         "time_format": "jd", "time_position": "mid-exposure (DATE-OBS + EXPTIME / 2)",
         "reduction_config": _config_dict(config),
         "aperture_radius_px": float(np.median(kept.numbers("radius_px"))),
-        "annulus_px": [float(kept.meta("annulus_in_px")[0]),
-                       float(kept.meta("annulus_out_px")[0])],
+        "annulus_px": [float(kept.first("annulus_in_px")),
+                       float(kept.first("annulus_out_px"))],
         "reference_frame": stars.meta.get("reference_frame"),
         "reference_reason": stars.meta.get("reference_reason"),
         "target_position": stars.meta.get("target_position"),
-        "settings_hash": kept.meta("settings_hash")[0],
+        "settings_hash": kept.first("settings_hash"),
         "zeropoint": zeropoint,
         "zp_err": None if not np.isfinite(cal.zp_err) else cal.zp_err,
         "mag_system": "calibrated" if cal.calibrated else "instrumental",

@@ -10,6 +10,7 @@ from astropy.table import Table
 
 from pipekit.photometry import measure_dataset
 from pipekit.photometry.detection import _local_maxima, _smoothed
+from pipekit.photometry.arrayfile import pack_arrays, unpack_arrays
 from pipekit.photometry.store import SUMMARY_NAME, FrameSummary, ecsv_text, float_words
 from pipekit.photometry.times import bjd_tdb, bjd_tdb_many
 from pipekit.testing.simulate import simulate_dataset
@@ -101,6 +102,13 @@ def test_float_words_are_pythons_repr_for_floats_of_every_magnitude():
     assert float_words(np.zeros(0)) == [] and float_words([0.5]) == ["0.5"]
     # a float32 column is written as its values read as float64, as before
     assert float_words(np.float32([0.1])) == [repr(float(np.float32(0.1)))]
+    # and so are a table's rows, float columns between words and integers
+    cut = values[: len(values) // 4 * 4].reshape(4, -1)
+    table = Table({"a": cut[0], "b": cut[1], "word": ["w"] * cut.shape[1],
+                   "n": np.arange(cut.shape[1]), "c": cut[2], "d": cut[3]})
+    rows = ecsv_text(table).splitlines()[-cut.shape[1]:]
+    assert rows == [" ".join([repr(a), repr(b), "w", str(n), repr(c), repr(d)])
+                    for n, (a, b, c, d) in enumerate(cut.T.tolist())]
 
 
 def test_fast_ecsv_string_columns_read_back():
@@ -297,12 +305,36 @@ def test_summary_follows_frames_added_replaced_and_removed(tmp_path):
     summary = FrameSummary(tmp_path)
     summary.refresh(["a.ecsv", "c.ecsv"])
     summary.save()
-    with np.load(tmp_path / SUMMARY_NAME) as npz:
-        assert "only_d" not in npz["meta_keys"].tolist()
-    # a summary it cannot read is rebuilt from the files, not trusted
-    (tmp_path / SUMMARY_NAME).write_bytes(b"not a zip")
-    rows, _ = FrameSummary(tmp_path).refresh(["a.ecsv", "c.ecsv"])
-    assert rows.meta("frame") == ["a", "c"]
+    stored = unpack_arrays((tmp_path / SUMMARY_NAME).read_bytes())
+    assert "only_d" not in stored["meta_keys"].tolist()
+    # a summary it cannot read (cut short, or not one) is rebuilt from the files, not trusted
+    whole = (tmp_path / SUMMARY_NAME).read_bytes()
+    for broken in (whole[:-7], b"not a summary"):
+        (tmp_path / SUMMARY_NAME).write_bytes(broken)
+        rows, _ = FrameSummary(tmp_path).refresh(["a.ecsv", "c.ecsv"])
+        assert rows.meta("frame") == ["a", "c"]
+
+
+def test_array_file_gives_back_every_array_and_names_what_is_wrong():
+    arrays = {"format": np.array(3), "names": np.array(["a.ecsv", "bé.ecsv"]),
+              "stamps": np.arange(6, dtype=np.int64).reshape(3, 2),
+              "flux": np.array([1.5, np.nan, -np.inf]), "flags": np.array([1, 2], np.int32),
+              "ok": np.array([True, False]), "empty": np.zeros((0, 4)),
+              "column": np.arange(12.0).reshape(3, 4)[:, 1]}    # not contiguous
+    data = pack_arrays(arrays)
+    back = unpack_arrays(data)
+    assert list(back) == list(arrays)
+    for name, value in arrays.items():
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape, name
+        assert np.array_equal(back[name], value, equal_nan=value.dtype.kind == "f"), name
+    with pytest.raises(TypeError, match="'bad': object arrays"):
+        pack_arrays({"bad": np.array([{}], object)})
+    with pytest.raises(ValueError, match="not a pipekit arrays file"):
+        unpack_arrays(b"PK\x03\x04 a zip")
+    with pytest.raises(ValueError, match="cut short inside array 'column'"):
+        unpack_arrays(data[:-1])
+    with pytest.raises(ValueError, match="cut short inside its header"):
+        unpack_arrays(data[:40])
 
 
 def test_summary_saved_again_with_added_frames_keeps_old_and_new_values(tmp_path):

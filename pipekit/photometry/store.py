@@ -9,7 +9,8 @@ back (about 4 times faster than astropy's reader, the same values) and any other
 through astropy.
 
 `FrameSummary` keeps the columns the light curve needs (``id, flux, flux_err, flags`` and
-every frame's ``meta``) of all per-frame files in one ``photometry/frames_summary.npz``,
+every frame's ``meta``) of all per-frame files in one ``photometry/frames_summary.arrays``
+(`pipekit.photometry.arrayfile`),
 column by column, each frame tied to its file's size and modification time: the photometry
 step adds the frames it measures, and a rebuild parses only files that are new or changed
 behind its back, so adding 10 frames to 2000 reads no file and loads the rest in
@@ -27,6 +28,7 @@ import numpy as np
 import orjson
 
 from ..atomic import write_bytes_atomic, write_text_atomic
+from .arrayfile import pack_arrays, unpack_arrays
 
 __all__ = ["ecsv_text", "write_frame_ecsv", "read_frame_ecsv", "read_frame_columns",
            "FrameSummary", "FrameRows", "SUMMARY_NAME", "float_words",
@@ -35,7 +37,9 @@ __all__ = ["ecsv_text", "write_frame_ecsv", "read_frame_ecsv", "read_frame_colum
 log = logging.getLogger("pipekit.photometry")
 
 #: The summary file inside ``<red_dir>/photometry/`` (derived data: deleting it is safe).
-SUMMARY_NAME = "frames_summary.npz"
+SUMMARY_NAME = "frames_summary.arrays"
+#: Where pipekit versions before it kept the summary (removed when it is saved).
+_OLD_SUMMARY_NAME = "frames_summary.npz"
 #: The per-star columns kept in the summary.
 SUMMARY_COLUMNS = ("id", "flux", "flux_err", "flags")
 
@@ -119,9 +123,19 @@ def ecsv_text(table):
                      width=1000)
     lines = ["# %ECSV 1.0", "# ---"] + ["# " + line for line in text.splitlines()]
     lines.append(" ".join(table.colnames))
-    rows = zip(*[float_words(c) if c.dtype.kind == "f" else
-                 list(map(str if c.dtype.kind in "US" else repr, c.tolist())) for c in cols])
-    lines.extend(" ".join(row) for row in rows)
+    parts, i = [], 0   # per column its words; per run of float columns their rows' text
+    while i < len(cols):
+        j = i
+        while j < len(cols) and cols[j].dtype.kind == "f":
+            j += 1
+        if j > i:
+            parts.append(_float_rows(cols[i:j]))
+            i = j
+        else:
+            parts.append(list(map(str if cols[i].dtype.kind in "US" else repr,
+                                  cols[i].tolist())))
+            i += 1
+    lines.extend(map(" ".join, zip(*parts)))
     lines.append("")
     return "\n".join(lines)
 
@@ -153,6 +167,23 @@ def float_words(values):
     for i in np.flatnonzero(own_way).tolist():
         words[i] = repr(float(values[i]))
     return words
+
+
+def _float_rows(columns):
+    """Each row of float ``columns`` as their `float_words` joined by blanks: the whole
+    block written by orjson at once, rows holding a value it writes its own way again."""
+    block = np.column_stack([np.asarray(c, np.float64) for c in columns])
+    if not len(block):
+        return []
+    text = orjson.dumps(block, option=orjson.OPT_SERIALIZE_NUMPY).decode("ascii")
+    # "[[a,b],[c,d]]": NaN is its only null once rows with infinities are redone
+    rows = text[2:-2].replace("null", "nan").replace(",", " ").split("] [")
+    size = np.abs(block)
+    with np.errstate(invalid="ignore"):
+        own_way = (size >= 1e16) | ((size < 1e-4) & (size != 0))   # inf too, not NaN
+    for r in np.flatnonzero(own_way.any(axis=1)).tolist():
+        rows[r] = " ".join(float_words(block[r]))
+    return rows
 
 
 def write_frame_ecsv(table, path):
@@ -277,7 +308,7 @@ class _Absent:
 
 
 _ABSENT = _Absent()
-_SUMMARY_FORMAT = 2
+_SUMMARY_FORMAT = 3
 
 
 def _meta_kind(values):
@@ -339,6 +370,15 @@ class FrameRows:
         """Whether each frame's metadata holds ``key`` (even as None)."""
         return [v is not _ABSENT for v in self._summary._meta_values(key, self._positions)]
 
+    def first(self, key, default=None):
+        """One metadata key's value in the first frame (``default`` if it lacks it)."""
+        return self.take([0]).meta(key, default)[0]
+
+    def texts(self, key):
+        """One metadata key over the frames as a numpy text array (``str`` of each value,
+        ``"None"`` where a frame lacks it); picked from the stored column when it can be."""
+        return self._summary._meta_texts(key, self._positions)
+
     def numbers(self, key):
         """One numeric metadata key over the frames as a float array (NaN where a frame's
         value is None or missing); picked from the stored column without a Python object
@@ -389,22 +429,22 @@ class FrameSummary:
 
     def _load(self):
         try:
-            with np.load(self.path, allow_pickle=False) as npz:
-                if int(npz["format"]) != _SUMMARY_FORMAT:
-                    raise ValueError(f"format {int(npz['format'])}, not {_SUMMARY_FORMAT}")
-                names = npz["names"].tolist()
-                stamps = npz["stamps"].tolist()
-                offsets = npz["offsets"]
-                star = {c: npz[c] for c in SUMMARY_COLUMNS}
-                # one 2-D block per kind (few members: each costs a zip lookup to load)
-                blocks = {kind: npz["meta_" + kind] for kind in _FILLER}
-                states = npz["meta_state"]
-                meta, used = {}, dict.fromkeys(_FILLER, 0)
-                for i, (key, kind) in enumerate(zip(npz["meta_keys"].tolist(),
-                                                    npz["meta_kinds"].tolist())):
-                    meta[key] = (kind, blocks[kind][used[kind]],
-                                 states[i] if states[i].any() else None)
-                    used[kind] += 1
+            stored = unpack_arrays(self.path.read_bytes())
+            if int(stored["format"]) != _SUMMARY_FORMAT:
+                raise ValueError(f"format {int(stored['format'])}, not {_SUMMARY_FORMAT}")
+            names = stored["names"].tolist()
+            stamps = stored["stamps"].tolist()
+            offsets = stored["offsets"]
+            star = {c: stored[c] for c in SUMMARY_COLUMNS}
+            # one 2-D block per kind
+            blocks = {kind: stored["meta_" + kind] for kind in _FILLER}
+            states = stored["meta_state"]
+            meta, used = {}, dict.fromkeys(_FILLER, 0)
+            for i, (key, kind) in enumerate(zip(stored["meta_keys"].tolist(),
+                                                stored["meta_kinds"].tolist())):
+                meta[key] = (kind, blocks[kind][used[kind]],
+                             states[i] if states[i].any() else None)
+                used[kind] += 1
         except FileNotFoundError:
             return
         except Exception as exc:  # noqa: BLE001 - derived data: rebuilt from the files
@@ -467,6 +507,15 @@ class FrameSummary:
                 else [base[int(index[0])]]
         return [base[i] if i >= 0 else self._rows[p].meta.get(key, _ABSENT)
                 for i, p in zip(index.tolist(), np.asarray(positions).tolist())]
+
+    def _meta_texts(self, key, positions):
+        index = self._stored_index()[positions]
+        stored = self._meta.get(key)
+        if stored is not None and stored[0] == "str" and stored[2] is None and \
+                (not len(index) or index.min() >= 0):
+            return stored[1][index]
+        values = self._meta_values(key, positions)
+        return np.array([str(None if v is _ABSENT else v) for v in values], str)
 
     def _meta_numbers(self, key, positions):
         index = self._stored_index()[positions]
@@ -642,10 +691,9 @@ class FrameSummary:
         arrays["meta_state"] = np.array(states, np.uint8).reshape(len(kept_keys), len(rows))
         arrays["meta_keys"] = np.array(kept_keys, str) if kept_keys else np.zeros(0, str)
         arrays["meta_kinds"] = np.array(kinds, str) if kinds else np.zeros(0, str)
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
         try:
-            write_bytes_atomic(self.path, buf.getvalue())
+            write_bytes_atomic(self.path, pack_arrays(arrays))
+            (self.phot_dir / _OLD_SUMMARY_NAME).unlink(missing_ok=True)
         except OSError as exc:
             log.warning("%s: photometry summary not saved (%s); the next light curve reads "
                         "every per-frame file again", self.path, exc)
