@@ -22,6 +22,7 @@ from .calibration import INSTRUMENTAL_ZEROPOINT, calibrate, frame_facts
 from .errors import PipekitError
 from .photometry import (FLAGS, NON_POSITIVE, OFF_FRAME, REFERENCE_STARS, REJECTED_FRAMES,
                          load_dataset_config, normalise_ensemble, write_ecsv)
+from .photometry.dataset import rejected_frame_times
 from .photometry.store import FrameSummary, plain, read_frame_ecsv
 from .secrets import scrub_value
 
@@ -152,6 +153,7 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
              and name[0] != "." and name != REFERENCE_STARS]
     names.sort()
     rows, failures = summary.refresh(names)
+    measured = rows
     if failures:
         path, exc = failures[0]
         raise PipekitError(f"{path}: unreadable per-frame photometry ({exc}); delete it to "
@@ -246,8 +248,7 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
         "calibration": {"source": cal.source, "zeropoint": zeropoint,
                         "zp_err": None if not np.isfinite(cal.zp_err) else cal.zp_err,
                         **cal.details},
-        "rejected_frame_mjd": {k: v.get("mjd_mid") for k, v in
-                               frame_facts(red_dir, sorted(rejected)).items()},
+        "rejected_frame_mjd": _rejected_frame_mjd(red_dir, measured, rejected),
         "comparison_stars": [{"id": int(stars["id"][j]), "ra": float(stars["ra"][j]),
                               "dec": float(stars["dec"][j]),
                               "reference_flux": float(ens.reference_flux[j]),
@@ -258,6 +259,26 @@ def build_lightcurve(red_dir, config=None, *, zeropoint=None):
     log.info("%s: light curve of %s in %s: %d points (%d flagged), %d frames rejected",
              red_dir, config.target.name, filt, len(table), int((flags != 0).sum()), len(rejected))
     return LightCurve(table=table, target=config.target.name, filter=filt, rejected=rejected)
+
+
+def _rejected_frame_mjd(red_dir, measured, rejected):
+    """Frame -> mid-exposure MJD (UTC) of the ``rejected`` frames, sorted by name: from their
+    photometry (frames the light curve rejects), else as the photometry step recorded it
+    when it rejected them, else from their headers (`frame_facts`; frames whose file is
+    gone are left out)."""
+    found = {}
+    if rejected:
+        frames = measured.texts("frame")
+        hit = np.flatnonzero(np.isin(frames, list(rejected)))
+        found.update(zip(frames[hit].tolist(), measured.take(hit).numbers("mjd_mid_utc")
+                         .tolist()))
+        found.update((name, mjd) for name, mjd in rejected_frame_times(red_dir).items()
+                     if name in rejected and name not in found)
+        missing = sorted(set(rejected) - set(found))
+        if missing:
+            found.update((k, v.get("mjd_mid")) for k, v in frame_facts(red_dir, missing).items())
+    return {name: None if mjd is None or mjd != mjd else mjd
+            for name, mjd in sorted(found.items())}
 
 
 def _calibration(red_dir, config, frames, ens, idx, stars, zeropoint):

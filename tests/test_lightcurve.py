@@ -70,6 +70,27 @@ def test_light_curve_is_made_despite_bad_frames_which_are_listed_with_reasons(da
     assert lc["rejected"] == rejected
 
 
+def test_rejected_frames_times_come_without_reading_their_headers_again(dataset, monkeypatch):
+    import pipekit.frames
+    from pipekit.frames import read_frame_info
+
+    red, truth, bad, phot, lc = dataset
+    reads = []
+    real = pipekit.frames.read_frame_info
+    monkeypatch.setattr(pipekit.frames, "read_frame_info",
+                        lambda path: reads.append(Path(path).name) or real(path))
+    (red / "calibration" / "frames.json").unlink(missing_ok=True)   # no cached header facts
+    table = build_lightcurve(red).table
+    times = table.meta["rejected_frame_mjd"]
+    for kind in ("no_wcs", "elsewhere"):     # the photometry step recorded their times
+        assert times[bad[kind].name] == pytest.approx(read_frame_info(bad[kind]).mjd_mid,
+                                                      abs=1e-9), kind
+    # only the truncated frame, which the photometry could not read, is read here (its
+    # header is whole)
+    assert reads == [bad["corrupt"].name]
+    assert times[bad["corrupt"].name] == read_frame_info(bad["corrupt"]).mjd_mid
+
+
 def test_ecsv_columns_units_and_provenance(dataset):
     red, truth, bad, phot, lc = dataset
     table = Table.read(lc["ecsv"], format="ascii.ecsv")

@@ -35,7 +35,7 @@ from .times import bjd_tdb, bjd_tdb_many
 from .workers import RemoteError, WorkerDied, frame_pool
 
 __all__ = ["REFERENCE_STARS", "REJECTED_FRAMES", "REJECTED_STAMPS", "DatasetPhotometry",
-           "measure_dataset",
+           "rejected_frame_times", "measure_dataset",
            "measure_frame_file", "measure_frame_data", "load_dataset_config", "write_ecsv",
            "invalidate_frame", "frame_photometry_path", "bright_rows"]
 
@@ -469,6 +469,28 @@ def _known_rejections(phot_dir, digest):
     return frames if isinstance(frames, dict) else {}
 
 
+def rejected_frame_times(red_dir):
+    """Frame -> mid-exposure MJD (UTC) of the frames the photometry step rejected after
+    reading their header (as it recorded them; no frame file is opened).
+
+    Parameters
+    ----------
+    red_dir : str or Path
+
+    Returns
+    -------
+    dict
+    """
+    try:
+        data = json.loads((Path(red_dir) / "photometry" / REJECTED_STAMPS)
+                          .read_text(encoding="utf-8"))
+        frames = data["frames"]
+        return {name: float(entry["mjd_mid"]) for name, entry in frames.items()
+                if isinstance(entry, dict) and isinstance(entry.get("mjd_mid"), (int, float))}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def _write_rejection_stamps(phot_dir, digest, stamps, rejected):
     kept = {name: entry for name, entry in stamps.items() if name in rejected}
     write_text_atomic(phot_dir / REJECTED_STAMPS, json.dumps(
@@ -538,6 +560,9 @@ def _reject(f, error, rejected, stamps):
         log.warning("rejected %s: %s", f.name, error)
         if isinstance(error, FrameError) and not isinstance(error, WorkerDied):
             stamps[f.name] = {"reason": str(error), "stamp": done_stamp(f)}
+            mjd = getattr(error, "mjd_mid", None)
+            if mjd is not None:   # for the light curve's list of rejected frames' times
+                stamps[f.name]["mjd_mid"] = mjd
         return
     name = getattr(error, "type_name", None) or type(error).__name__
     # one bad frame never stops the others (BANZAI's habit)

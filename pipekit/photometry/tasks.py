@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ..errors import PipekitError
+from ..errors import FrameError, PipekitError
 from .reading import CACHE_BYTES, FrameCache
 
 __all__ = ["FrameWork", "warm_up", "write_band_file", "remove_band_file", "WORKER_IMPORTS",
@@ -156,7 +156,12 @@ class FrameWork:
 
         hit = self.cache.pop(path)
         frame, bkg = hit if hit else (self._read(path), None)
-        return measure_frame_data(frame, path, self.stars, self.config, self.bright, bkg)
+        try:
+            return measure_frame_data(frame, path, self.stars, self.config, self.bright, bkg)
+        except FrameError as exc:
+            # the frame's time, so that listing it as rejected needs no second header read
+            exc.mjd_mid = frame.info.mjd_mid
+            raise
 
 
 def write_band_file(band):
