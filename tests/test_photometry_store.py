@@ -253,9 +253,11 @@ def test_summary_keeps_every_kind_of_metadata_value_through_save_and_load(tmp_pa
          "only_here": "z"},
     ]
     paths = [_summarised(tmp_path, f"{m['frame']}.ecsv", m)[0] for m in metas]
+    (tmp_path / "frames_summary.npz").write_bytes(b"an earlier version's summary")
     first = FrameSummary(tmp_path)
     first.refresh([p.name for p in paths])
     assert first.save() == tmp_path / SUMMARY_NAME
+    assert not (tmp_path / "frames_summary.npz").exists()   # replaced, not left behind
     again = FrameSummary(tmp_path)
     for path, meta in zip(paths, metas):
         for key in {k for m in metas for k in m}:
