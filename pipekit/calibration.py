@@ -415,12 +415,12 @@ def calibrate(red_dir, config, frames, ensemble, frames_idx, stars):
     scale_err = np.asarray(ensemble.zero_point_err, float)[frames_idx]
     exptime = frames.numbers("exptime")
     paths = _FramePaths(red_dir)
-    frame_l1zp, frame_l1zperr = _l1zp(red_dir, frames, paths)
     reasons = {}
     result = None
     nan = np.full(len(frames), np.nan)
     l1zp, l1zperr = nan, nan
     if config.calibration.use_banzai_zeropoints:
+        frame_l1zp, frame_l1zperr = _l1zp(red_dir, frames, paths)
         found, l1zp, l1zperr, why, details = _banzai(red_dir, config, frames, scale, scale_err,
                                                      frame_l1zp, frame_l1zperr, paths)
         if found:

@@ -270,15 +270,15 @@ def _rejected_frame_mjd(red_dir, measured, rejected):
     if rejected:
         frames = measured.texts("frame")
         hit = np.flatnonzero(np.isin(frames, list(rejected)))
-        found.update(zip(frames[hit].tolist(), measured.take(hit).numbers("mjd_mid_utc")
-                         .tolist()))
+        found.update((name, mjd) for name, mjd in zip(
+            frames[hit].tolist(), measured.take(hit).numbers("mjd_mid_utc").tolist())
+            if np.isfinite(mjd))
         found.update((name, mjd) for name, mjd in rejected_frame_times(red_dir).items()
                      if name in rejected and name not in found)
         missing = sorted(set(rejected) - set(found))
         if missing:
             found.update((k, v.get("mjd_mid")) for k, v in frame_facts(red_dir, missing).items())
-    return {name: None if mjd is None or mjd != mjd else mjd
-            for name, mjd in sorted(found.items())}
+    return dict(sorted(found.items()))
 
 
 def _calibration(red_dir, config, frames, ens, idx, stars, zeropoint):

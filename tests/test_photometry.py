@@ -217,6 +217,25 @@ def _stack(red, truth):
     return tables, F, E, G
 
 
+def test_normalise_ensemble_degenerate_inputs_give_nan_not_an_exception():
+    # no comparison star at all, even with min_stars 0
+    ens = normalise_ensemble([[1.0], [2.0], [3.0]], [[0.1]] * 3, np.zeros((3, 1), int),
+                             min_stars=0)
+    assert np.isnan(ens.zero_point).all() and (ens.n_comparison == 0).all()
+    # the target's error too small to square (it is no comparison): the zero points stand
+    flux = np.full((3, 4), 100.0) * np.array([[1.0], [1.001], [0.999]])
+    err = 0.01 * flux
+    err[:, 0] = 1e-160
+    ens = normalise_ensemble(flux, err, np.zeros((3, 4), int))
+    assert np.allclose(ens.zero_point / ens.zero_point[0], [1.0, 1.001, 0.999])
+    # a star flagged in every frame has no reference flux and is never a comparison
+    flags = np.zeros((3, 4), int)
+    flags[:, 2] = SATURATED
+    ens = normalise_ensemble(flux, 0.01 * flux, flags, min_stars=2)
+    assert np.isnan(ens.reference_flux[2]) and not ens.comparison[2]
+    assert (ens.n_comparison == 2).all() and np.isfinite(ens.zero_point).all()
+
+
 @pytest.mark.slow
 def test_simulated_event_is_recovered_with_reduced_chi2_near_one(measured):
     red, truth, result = measured

@@ -329,14 +329,35 @@ def test_array_file_gives_back_every_array_and_names_what_is_wrong():
     for name, value in arrays.items():
         assert back[name].dtype == value.dtype and back[name].shape == value.shape, name
         assert np.array_equal(back[name], value, equal_nan=value.dtype.kind == "f"), name
-    with pytest.raises(TypeError, match="'bad': object arrays"):
-        pack_arrays({"bad": np.array([{}], object)})
+    assert not back["flux"].flags.writeable and not back["empty"].flags.writeable
+    for bad in (np.array([{}], object), np.zeros(2, [("a", "f8"), ("b", "i4")])):
+        with pytest.raises(TypeError, match="'bad': .* arrays are not stored"):
+            pack_arrays({"bad": bad})
     with pytest.raises(ValueError, match="not a pipekit arrays file"):
         unpack_arrays(b"PK\x03\x04 a zip")
-    with pytest.raises(ValueError, match="cut short inside array 'column'"):
+    with pytest.raises(ValueError, match="damaged or cut short"):
         unpack_arrays(data[:-1])
+    flipped = bytearray(data)
+    flipped[-3] ^= 1
+    with pytest.raises(ValueError, match="damaged or cut short"):
+        unpack_arrays(bytes(flipped))
     with pytest.raises(ValueError, match="cut short inside its header"):
         unpack_arrays(data[:40])
+
+    def with_header(entries):   # a file whose CRC is right but whose header lies
+        import json
+        import struct
+        import zlib
+        body = json.dumps({"arrays": entries}).encode() + b" " * 64
+        return b"\x93PIPEKIT-ARRAYS\n" + struct.pack("<QI", len(body), zlib.crc32(body)) + body
+
+    for entries, why in (([["x", "<f8", [-1], 0, -8]], "shape \\[-1\\]"),
+                         ([["x", "|O8", [1], 0, 8]], "arrays are refused"),
+                         ([["x", "<f8", [4], 0, 32]], "cut short inside array 'x'"),
+                         ([["x", "nonsense", [1], 0, 8]], "does not describe"),
+                         (5, "does not describe")):
+        with pytest.raises(ValueError, match=why):
+            unpack_arrays(with_header(entries))
 
 
 def test_summary_saved_again_with_added_frames_keeps_old_and_new_values(tmp_path):

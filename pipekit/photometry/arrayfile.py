@@ -2,20 +2,22 @@
 
 The photometry summary is read on every light-curve rebuild; as an ``.npz`` its 16
 arrays cost a zip member lookup, a header parsed by ``ast`` and a CRC pass each
-(4.8 ms for 2000 frames, against 0.6 ms here). The layout:
+(4.8 ms for 2000 frames, against 2.4 ms here, its CRC included). The layout:
 
-- ``MAGIC`` (16 bytes), then the header's length (8 bytes, little-endian);
+- ``MAGIC`` (16 bytes), the header's length (8 bytes, little-endian) and the CRC-32 of
+  everything after these 28 bytes (4 bytes, little-endian);
 - the header: JSON ``{"arrays": [[name, dtype, shape, offset, nbytes], ...]}``,
   ``dtype`` as numpy spells it (``"<f8"``, ``"<U36"``), offsets from the data's start;
 - the data: every array's bytes in C order, each starting at a multiple of 64.
 
-Object arrays are refused both ways (nothing is unpickled). A file that is cut short
-or whose header does not describe its bytes raises `ValueError` naming what is wrong;
-the file's integrity beyond that comes from writing it atomically.
+Only numbers, booleans and text are stored (no objects, no structured types: nothing is
+unpickled). A file that is cut short, damaged (its CRC) or whose header does not describe
+its bytes raises `ValueError` naming what is wrong.
 """
 
 import json
 import struct
+import zlib
 
 import numpy as np
 
@@ -24,7 +26,9 @@ __all__ = ["MAGIC", "pack_arrays", "unpack_arrays"]
 #: The first bytes of every such file.
 MAGIC = b"\x93PIPEKIT-ARRAYS\n"
 _ALIGN = 64
-_LENGTH = struct.Struct("<Q")
+_PREFIX = struct.Struct("<QI")   # header length, CRC-32 of the rest
+_START = len(MAGIC) + _PREFIX.size
+_KINDS = "biufcUS"                # bool, integers, floats, complex, text, bytes
 
 
 def pack_arrays(arrays):
@@ -33,17 +37,23 @@ def pack_arrays(arrays):
     Parameters
     ----------
     arrays : dict of str to array_like
-        Numbers, booleans or text; no objects.
+        Numbers, booleans or text.
 
     Returns
     -------
     bytes
+
+    Raises
+    ------
+    TypeError
+        For an array of objects or of a structured type.
     """
     entries, chunks, size = [], [], 0
     for name, value in arrays.items():
         a = np.asarray(value, order="C")   # (ascontiguousarray makes 0-d arrays 1-d)
-        if a.dtype.hasobject:
-            raise TypeError(f"array {name!r}: object arrays are not stored")
+        if a.dtype.kind not in _KINDS:
+            raise TypeError(f"array {name!r}: {a.dtype} arrays are not stored (numbers, "
+                            "booleans and text only)")
         pad = -size % _ALIGN
         chunks.append(b"\0" * pad)
         size += pad
@@ -52,8 +62,9 @@ def pack_arrays(arrays):
         chunks.append(data)
         size += len(data)
     header = json.dumps({"arrays": entries}).encode("utf-8")
-    header += b" " * (-(len(MAGIC) + _LENGTH.size + len(header)) % _ALIGN)
-    return b"".join([MAGIC, _LENGTH.pack(len(header)), header, *chunks])
+    header += b" " * (-(_START + len(header)) % _ALIGN)
+    body = b"".join([header, *chunks])
+    return MAGIC + _PREFIX.pack(len(header), zlib.crc32(body)) + body
 
 
 def unpack_arrays(data):
@@ -70,31 +81,40 @@ def unpack_arrays(data):
     Raises
     ------
     ValueError
-        When ``data`` is not such a file, is cut short, or its header does not describe it.
+        When ``data`` is not such a file, is cut short or damaged, or its header does not
+        describe it.
     """
     if not data.startswith(MAGIC):
         raise ValueError("not a pipekit arrays file (its first bytes differ)")
-    start = len(MAGIC) + _LENGTH.size
-    if len(data) < start:
+    if len(data) < _START:
         raise ValueError("cut short inside its header")
-    (length,) = _LENGTH.unpack_from(data, len(MAGIC))
-    base = start + length
+    length, crc = _PREFIX.unpack_from(data, len(MAGIC))
+    base = _START + length
     if len(data) < base:
         raise ValueError("cut short inside its header")
+    if zlib.crc32(memoryview(data)[_START:]) != crc:
+        raise ValueError("damaged or cut short (its CRC-32 differs)")
     try:
-        entries = json.loads(data[start:base])["arrays"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"unreadable header ({exc})") from None
-    out = {}
-    for name, dtype, shape, offset, nbytes in entries:
-        dtype = np.dtype(dtype)
-        if dtype.hasobject:
-            raise ValueError(f"array {name!r}: object arrays are refused")
-        count = int(np.prod(shape, dtype=np.int64))
-        if count * dtype.itemsize != nbytes or offset < 0:
-            raise ValueError(f"array {name!r}: {nbytes} bytes for shape {shape} of {dtype}")
-        if base + offset + nbytes > len(data):
-            raise ValueError(f"cut short inside array {name!r}")
-        out[name] = np.frombuffer(data, dtype, count, base + offset).reshape(shape) if count \
-            else np.empty(shape, dtype)
-    return out
+        entries = json.loads(data[_START:base])["arrays"]
+        return dict(_array(data, base, *entry) for entry in entries)
+    except Exception as exc:  # noqa: BLE001 - any malformed header is one error
+        raise ValueError(f"a header that does not describe its bytes ({exc})") from None
+
+
+def _array(data, base, name, dtype, shape, offset, nbytes):
+    """``(name, array)`` of one header entry, its numbers checked against ``data``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in _KINDS:
+        raise ValueError(f"array {name!r}: {dtype} arrays are refused")
+    if not all(type(v) is int and v >= 0 for v in (*shape, offset, nbytes)):
+        raise ValueError(f"array {name!r}: shape {shape}, offset {offset}, {nbytes} bytes")
+    count = int(np.prod(shape, dtype=np.int64))
+    if count * dtype.itemsize != nbytes:
+        raise ValueError(f"array {name!r}: {nbytes} bytes for shape {shape} of {dtype}")
+    if base + offset + nbytes > len(data):
+        raise ValueError(f"cut short inside array {name!r}")
+    if not count:
+        array = np.empty(shape, dtype)
+        array.flags.writeable = False
+        return name, array
+    return name, np.frombuffer(data, dtype, count, base + offset).reshape(shape)

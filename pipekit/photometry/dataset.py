@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import lco
 from ..atomic import write_text_atomic
-from ..datasets import dataset_frames
+from ..datasets import LEGACY_FRAME_DIR, dataset_frames
 from ..errors import FrameError, PipekitError
 from .alignment import centroid_shift, match_stars
 from .cosmics import cosmic_ray_hits, sharp_sources
@@ -457,21 +457,30 @@ def measure_dataset(red_dir, config=None):
     return result
 
 
-def _known_rejections(phot_dir, digest):
-    """Frame name -> ``{"reason", "stamp"}`` of frames rejected with today's settings."""
+def _rejection_stamps(phot_dir, digest=None):
+    """Frame name -> ``{"reason", "stamp"[, "mjd_mid"]}`` of the frames the photometry step
+    rejected (with the settings ``digest`` when given)."""
     try:
         data = json.loads((phot_dir / REJECTED_STAMPS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("settings_hash") != digest:
+    if not isinstance(data, dict) or (digest is not None and
+                                      data.get("settings_hash") != digest):
         return {}
     frames = data.get("frames")
-    return frames if isinstance(frames, dict) else {}
+    return {k: v for k, v in frames.items() if isinstance(v, dict)} \
+        if isinstance(frames, dict) else {}
+
+
+def _known_rejections(phot_dir, digest):
+    """Frame name -> ``{"reason", "stamp"}`` of frames rejected with today's settings."""
+    return _rejection_stamps(phot_dir, digest)
 
 
 def rejected_frame_times(red_dir):
     """Frame -> mid-exposure MJD (UTC) of the frames the photometry step rejected after
-    reading their header (as it recorded them; no frame file is opened).
+    reading their header, as it recorded them (frames whose file has changed since are
+    left out; no frame file is opened).
 
     Parameters
     ----------
@@ -481,14 +490,16 @@ def rejected_frame_times(red_dir):
     -------
     dict
     """
-    try:
-        data = json.loads((Path(red_dir) / "photometry" / REJECTED_STAMPS)
-                          .read_text(encoding="utf-8"))
-        frames = data["frames"]
-        return {name: float(entry["mjd_mid"]) for name, entry in frames.items()
-                if isinstance(entry, dict) and isinstance(entry.get("mjd_mid"), (int, float))}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
+    red_dir = Path(red_dir)
+    out = {}
+    for name, entry in _rejection_stamps(red_dir / "photometry").items():
+        mjd = entry.get("mjd_mid")
+        if isinstance(mjd, (int, float)) and not isinstance(mjd, bool) and \
+                entry.get("stamp") is not None and any(
+                done_stamp(folder / name) == entry.get("stamp")
+                for folder in (red_dir, red_dir / LEGACY_FRAME_DIR)):
+            out[name] = float(mjd)
+    return out
 
 
 def _write_rejection_stamps(phot_dir, digest, stamps, rejected):

@@ -91,8 +91,8 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
     candidate &= bad.mean(axis=0) <= max_bad_fraction
     comp = candidate.copy()
     # Stars along the first axis (each star's frames contiguous: its median sorts one row,
-    # a frame's sum over stars adds rows), bad measurements replaced by 1 so that masked
-    # sums can multiply by the mask (0 × a finite number) instead of selecting.
+    # a frame's sum over stars adds rows), bad measurements replaced by 1 so that the
+    # weighted sums can multiply by weights that are 0 outside the comparison stars.
     good = ~bad.T
     Fs = np.where(good, F.T, 1.0)
     Es = np.where(good, E.T, 1.0)
@@ -111,7 +111,7 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
             e = Es / scale
             use = (comp & known)[:, None] & good & ~outlier
             n_use = use.sum(axis=0)
-            w = use / e ** 2
+            w = np.where(use, 1.0 / e ** 2, 0.0)   # (an error whose square underflows: inf)
             wr = w * r
             W = w.sum(axis=0)
             S = wr.sum(axis=0)
@@ -127,7 +127,7 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
             chi2 = np.where(counted, res, 0.0).sum(axis=1) / counted.sum(axis=1)
             chi2[~known] = np.nan
             c = chi2[comp & np.isfinite(chi2)]
-            if c.size >= min_stars:
+            if c.size >= max(min_stars, 1):
                 med = _median(c)
                 mad = 1.4826 * _median(np.abs(c - med))
                 limit = max(2.0, med + chi2_clip * max(mad, 0.05 * med))
@@ -139,7 +139,7 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
             comp, outlier = new_comp, new_outlier
         use = (comp & known)[:, None] & good & ~outlier
         n_comp = use.sum(axis=0)
-        w = use / (Es / scale) ** 2
+        w = np.where(use, 1.0 / (Es / scale) ** 2, 0.0)
         r = Fs / scale
         wr = w * r
         W = w.sum(axis=0)

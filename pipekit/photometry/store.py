@@ -437,22 +437,20 @@ class FrameSummary:
             stamps = stored["stamps"].tolist()
             offsets = stored["offsets"]
             star = {c: stored[c] for c in SUMMARY_COLUMNS}
-            # one 2-D block per kind
-            blocks = {kind: stored["meta_" + kind] for kind in _FILLER}
+            # one array per key (text as wide as its own longest value)
             states = stored["meta_state"]
-            meta, used = {}, dict.fromkeys(_FILLER, 0)
+            meta = {}
             for i, (key, kind) in enumerate(zip(stored["meta_keys"].tolist(),
                                                 stored["meta_kinds"].tolist())):
-                meta[key] = (kind, blocks[kind][used[kind]],
-                             states[i] if states[i].any() else None)
-                used[kind] += 1
+                meta[key] = (kind, stored[f"meta:{i}"], states[i] if states[i].any() else None)
         except FileNotFoundError:
             return
         except Exception as exc:  # noqa: BLE001 - derived data: rebuilt from the files
             log.info("%s: unreadable photometry summary (%s); reading every per-frame file",
                      self.path, exc)
             return
-        if len(offsets) != len(names) + 1 or len(stamps) != len(names) or \
+        if len(offsets) != len(names) + 1 or len(stamps) != len(names) or offsets[0] != 0 or \
+                (np.diff(offsets) < 0).any() or \
                 any(len(a) != offsets[-1] for a in star.values()) or \
                 any(len(v) != len(names) for _, v, _ in meta.values()):
             log.info("%s: inconsistent photometry summary; reading every per-frame file",
@@ -672,7 +670,7 @@ class FrameSummary:
         for r in rows:
             if type(r) is not int:
                 keys.extend(k for k in r.meta if k not in self._meta and k not in keys)
-        kinds, states, blocks = [], [], {kind: [] for kind in _FILLER}
+        kinds, states = [], []
         index = self._stored_index()
         old, new = index[index >= 0], np.flatnonzero(index < 0)
         added = [rows[p].meta for p in new.tolist()]
@@ -681,14 +679,10 @@ class FrameSummary:
             data, state, kind = self._encode_key(key, index, old, new, added)
             if state is not None and (state == _LACKING).all():
                 continue   # a key only frames now gone had
+            arrays[f"meta:{len(kept_keys)}"] = np.asarray(data, _DTYPE_OF_KIND[kind])
             kept_keys.append(key)
-            blocks[kind].append(data)
             states.append(np.zeros(len(rows), np.uint8) if state is None else state)
             kinds.append(kind)
-        for kind, columns in blocks.items():
-            dtype = _DTYPE_OF_KIND[kind]
-            arrays["meta_" + kind] = np.array(columns, dtype) if columns else \
-                np.zeros((0, len(rows)), dtype)
         arrays["meta_state"] = np.array(states, np.uint8).reshape(len(kept_keys), len(rows))
         arrays["meta_keys"] = np.array(kept_keys, str) if kept_keys else np.zeros(0, str)
         arrays["meta_kinds"] = np.array(kinds, str) if kinds else np.zeros(0, str)
