@@ -91,6 +91,52 @@ def test_rejected_frames_times_come_without_reading_their_headers_again(dataset,
     assert times[bad["corrupt"].name] == read_frame_info(bad["corrupt"]).mjd_mid
 
 
+def test_recorded_rejection_times_are_trusted_only_for_unchanged_frame_files(tmp_path):
+    import json
+    import os
+
+    from pipekit.photometry.dataset import REJECTED_STAMPS, rejected_frame_times
+    from pipekit.photometry.store import done_stamp
+
+    (tmp_path / "photometry").mkdir()
+    (tmp_path / "data").mkdir()
+    top, legacy = tmp_path / "a.fits", tmp_path / "data" / "b.fits"
+    for path in (top, legacy):
+        path.write_bytes(b"frame")
+    frames = {"a.fits": {"reason": "r", "stamp": done_stamp(top), "mjd_mid": 61000.5},
+              "b.fits": {"reason": "r", "stamp": done_stamp(legacy), "mjd_mid": 61001},
+              "gone.fits": {"reason": "r", "stamp": [5, 1], "mjd_mid": 61002.5},
+              "no_time.fits": {"reason": "r", "stamp": done_stamp(top)}}
+    (tmp_path / "photometry" / REJECTED_STAMPS).write_text(
+        json.dumps({"settings_hash": "x", "frames": frames}))
+    assert rejected_frame_times(tmp_path) == {"a.fits": 61000.5, "b.fits": 61001.0}
+    os.utime(top, ns=(1, 2))                  # the frame file replaced since
+    assert rejected_frame_times(tmp_path) == {"b.fits": 61001.0}
+    (tmp_path / "photometry" / REJECTED_STAMPS).write_text("not json")
+    assert rejected_frame_times(tmp_path) == {}
+
+
+def test_a_rejected_measured_frame_without_a_recorded_time_is_asked_of_its_header(
+        tmp_path, monkeypatch):
+    import pipekit.lightcurve as lightcurve
+    from pipekit.photometry.store import FrameSummary, ecsv_text
+
+    phot = tmp_path / "photometry"
+    phot.mkdir()
+    for name, meta in (("a.ecsv", {"frame": "a.fits", "mjd_mid_utc": 61000.25}),
+                       ("b.ecsv", {"frame": "b.fits"})):     # a file written elsewhere
+        table = Table({"id": [0], "flux": [1.0], "flux_err": [0.1], "flags": [0]}, meta=meta)
+        (phot / name).write_text(ecsv_text(table))
+    rows, _ = FrameSummary(phot).refresh(["a.ecsv", "b.ecsv"])
+    asked = []
+    monkeypatch.setattr(lightcurve, "frame_facts", lambda red_dir, names: asked.extend(names)
+                        or {n: {"mjd_mid": 61001.5} for n in names})
+    rejected = {"a.fits": "why", "b.fits": "why"}
+    assert lightcurve._rejected_frame_mjd(tmp_path, rows, rejected) == {
+        "a.fits": 61000.25, "b.fits": 61001.5}
+    assert asked == ["b.fits"]
+
+
 def test_ecsv_columns_units_and_provenance(dataset):
     red, truth, bad, phot, lc = dataset
     table = Table.read(lc["ecsv"], format="ascii.ecsv")
