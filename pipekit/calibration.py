@@ -119,9 +119,9 @@ class _FramePaths:
     the top of the dataset, else in ``data/`` (`pipekit.datasets.dataset_frames`)."""
 
     def __init__(self, red_dir):
-        from .datasets import LEGACY_FRAME_DIR
+        from .datasets import frame_folders
 
-        self.folders = (Path(red_dir), Path(red_dir) / LEGACY_FRAME_DIR)
+        self.folders = frame_folders(red_dir)
 
     def get(self, name):
         for folder in self.folders:

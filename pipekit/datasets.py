@@ -26,7 +26,7 @@ from .lco import (distinct_slug, format_dec, format_ra, frame_stem,
 __all__ = [
     "SortResult", "safe_name", "dataset_dir", "target_folder", "TARGET_NAME_FILE", "sort_frames", "configure_dataset",
     "list_datasets", "frame_files", "is_dataset_locked",
-    "dataset_frames", "SET_ASIDE_DIR", "CONFIG_NAME", "LEGACY_FRAME_DIR", "REPLACED_DIR",
+    "dataset_frames", "frame_folders", "SET_ASIDE_DIR", "CONFIG_NAME", "LEGACY_FRAME_DIR", "REPLACED_DIR",
 ]
 
 log = logging.getLogger("pipekit.datasets")
@@ -164,6 +164,13 @@ def _folder_owner(folder):
 def is_dataset_locked(red_dir):
     """True when ``red_dir`` is locked by a live reduction (see `pipekit.locks`)."""
     return is_locked(red_dir)
+
+
+def frame_folders(red_dir):
+    """The folders a dataset's frame files are in, the top first: ``red_dir`` and its
+    ``data/`` (`LEGACY_FRAME_DIR`)."""
+    red_dir = Path(red_dir)
+    return red_dir, red_dir / LEGACY_FRAME_DIR
 
 
 def dataset_frames(red_dir, log_layout=False):
@@ -374,7 +381,7 @@ def _sort_one(src, reduction_dir, result, locked):
         result.left_for_later.append(src)
         log.info("%s: dataset %s is locked; frame left for the next run", src.name, red_dir)
         return
-    existing = next((p for p in (red_dir / src.name, red_dir / LEGACY_FRAME_DIR / src.name)
+    existing = next((p for p in (folder / src.name for folder in frame_folders(red_dir))
                      if p.exists()), None)
     if existing is not None:
         if _same_bytes(src, existing):

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import lco
 from ..atomic import write_text_atomic
-from ..datasets import LEGACY_FRAME_DIR, dataset_frames
+from ..datasets import dataset_frames, frame_folders
 from ..errors import FrameError, PipekitError
 from .alignment import centroid_shift, match_stars
 from .cosmics import cosmic_ray_hits, sharp_sources
@@ -139,9 +139,10 @@ def _done_with(path, settings_hash, summary=None):
     its summary entry, without opening it.
     """
     if summary is not None:
-        stamp = summary.stamp(os.path.basename(path))
+        name = os.path.basename(path)
+        stamp = summary.stamp(name)
         if stamp is not None and stamp == done_stamp(path):
-            return summary.meta_value(os.path.basename(path), "settings_hash") == settings_hash
+            return summary.meta_value(name, "settings_hash") == settings_hash
     try:
         with open(path, encoding="utf-8") as fh:
             head = fh.read(16384)
@@ -416,7 +417,7 @@ def measure_dataset(red_dir, config=None):
     # a frame is done when its file was made with today's settings (Luigi's task identity)
     digest = frame_settings_hash(config)
     summary = FrameSummary(phot_dir)
-    known = _known_rejections(phot_dir, digest)
+    known = _rejection_stamps(phot_dir, digest)
     todo, stamps = [], {}
     phot_folder = os.fspath(phot_dir)  # joined as text: no Path per frame of big datasets
     for f in frames:
@@ -472,11 +473,6 @@ def _rejection_stamps(phot_dir, digest=None):
         if isinstance(frames, dict) else {}
 
 
-def _known_rejections(phot_dir, digest):
-    """Frame name -> ``{"reason", "stamp"}`` of frames rejected with today's settings."""
-    return _rejection_stamps(phot_dir, digest)
-
-
 def rejected_frame_times(red_dir):
     """Frame -> mid-exposure MJD (UTC) of the frames the photometry step rejected after
     reading their header, as it recorded them (frames whose file has changed since are
@@ -497,7 +493,7 @@ def rejected_frame_times(red_dir):
         if isinstance(mjd, (int, float)) and not isinstance(mjd, bool) and \
                 entry.get("stamp") is not None and any(
                 done_stamp(folder / name) == entry.get("stamp")
-                for folder in (red_dir, red_dir / LEGACY_FRAME_DIR)):
+                for folder in frame_folders(red_dir)):
             out[name] = float(mjd)
     return out
 

@@ -110,15 +110,10 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
             r = Fs / scale
             e = Es / scale
             use = (comp & known)[:, None] & good & ~outlier
-            n_use = use.sum(axis=0)
-            w = np.where(use, 1.0 / e ** 2, 0.0)   # (an error whose square underflows: inf)
-            wr = w * r
-            W = w.sum(axis=0)
-            S = wr.sum(axis=0)
-            z = np.where(n_use >= min_stars, S / W, np.nan)
+            w, wr, W, S, n_comp, z = _zero_points(use, r, e, min_stars)
             # per-frame outliers (cosmic rays, a neighbour's glint)
             new_outlier = (comp & known)[:, None] & good & (np.abs(r - z) > clip * e)
-            zl, zle = _leave_one_out(w, wr, S, r, use, z, W, n_use)
+            zl, zle = _leave_one_out(w, wr, S, r, use, z, W, n_comp)
             # ((r / zl - 1) / σ)² with σ = hypot(e / zl, r zle / zl²): each star's normalised
             # flux about 1 in units of its error, written without hypot (4x slower)
             q = r * zle / zl
@@ -135,17 +130,12 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
             else:
                 new_comp = comp
             if np.array_equal(new_comp, comp) and np.array_equal(new_outlier, outlier):
-                break
+                break   # this round's zero points are the answer
             comp, outlier = new_comp, new_outlier
-        use = (comp & known)[:, None] & good & ~outlier
-        n_comp = use.sum(axis=0)
-        w = np.where(use, 1.0 / (Es / scale) ** 2, 0.0)
-        r = Fs / scale
-        wr = w * r
-        W = w.sum(axis=0)
-        S = wr.sum(axis=0)
-        z = np.where(n_comp >= min_stars, S / W, np.nan)
-        zl, zle = _leave_one_out(w, wr, S, r, use, z, W, n_comp)
+        else:   # rounds ran out: the last round's references, with the selection it made
+            use = (comp & known)[:, None] & good & ~outlier
+            w, wr, W, S, n_comp, z = _zero_points(use, r, e, min_stars)
+            zl, zle = _leave_one_out(w, wr, S, r, use, z, W, n_comp)
         chi_frame = np.where(n_comp > 1, (w * (r - z) ** 2).sum(axis=0)
                              / np.maximum(n_comp - 1, 1), 1.0)
         z_err = np.sqrt(np.maximum(chi_frame, 1.0) / W)
@@ -158,6 +148,19 @@ def normalise_ensemble(flux, flux_err, flags, *, exclude=(0,), min_stars=3, max_
     return Ensemble(flux=np.ascontiguousarray(norm.T),
                     flux_err=np.ascontiguousarray(norm_err.T), zero_point=z, zero_point_err=z_err,
                     comparison=comp, n_comparison=n_comp, chi2=chi2, reference_flux=ref)
+
+
+def _zero_points(use, r, e, min_stars):
+    """Each frame's zero point from the stars in ``use`` (stars along the first axis):
+    ``(w, wr, W, S, n, z)``, the inverse-variance weights (0 where not used; an error whose
+    square underflows weighs inf), ``w * r``, their sums and the count over stars, and ``z``
+    (NaN where fewer than ``min_stars`` are used)."""
+    n = use.sum(axis=0)
+    w = np.where(use, 1.0 / e ** 2, 0.0)
+    wr = w * r
+    W = w.sum(axis=0)
+    S = wr.sum(axis=0)
+    return w, wr, W, S, n, np.where(n >= min_stars, S / W, np.nan)
 
 
 def _leave_one_out(w, wr, S, r, use, z, W, n):

@@ -162,12 +162,17 @@ def float_words(values):
         return []
     words = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY).decode("ascii")[1:-1] \
         .split(",")
-    size = np.abs(values)
-    with np.errstate(invalid="ignore"):
-        own_way = ~(size < 1e16) | ((size < 1e-4) & (size != 0))   # NaN and inf too
-    for i in np.flatnonzero(own_way).tolist():
+    for i in np.flatnonzero(_written_otherwise(values) | np.isnan(values)).tolist():
         words[i] = repr(float(values[i]))
     return words
+
+
+def _written_otherwise(values):
+    """Where orjson writes a float other than ``repr`` does, NaN apart (its ``null``): an
+    exponent (and infinities) from 1e16 up, none in [1e-5, 1e-4)."""
+    size = np.abs(values)
+    with np.errstate(invalid="ignore"):
+        return (size >= 1e16) | ((size < 1e-4) & (size != 0))
 
 
 def _float_rows(columns):
@@ -179,10 +184,7 @@ def _float_rows(columns):
     text = orjson.dumps(block, option=orjson.OPT_SERIALIZE_NUMPY).decode("ascii")
     # "[[a,b],[c,d]]": NaN is its only null once rows with infinities are redone
     rows = text[2:-2].replace("null", "nan").replace(",", " ").split("] [")
-    size = np.abs(block)
-    with np.errstate(invalid="ignore"):
-        own_way = (size >= 1e16) | ((size < 1e-4) & (size != 0))   # inf too, not NaN
-    for r in np.flatnonzero(own_way.any(axis=1)).tolist():
+    for r in np.flatnonzero(_written_otherwise(block).any(axis=1)).tolist():
         rows[r] = " ".join(float_words(block[r]))
     return rows
 
@@ -498,29 +500,35 @@ class FrameSummary:
                  for r in self._rows], np.int64)
         return self._lengths_cache
 
+    def _stored_frames(self, positions):
+        """The stored frames at ``positions``, or None when one of them was added since
+        loading (its values are not in the stored columns)."""
+        index = self._stored_index()[positions]
+        return index if not len(index) or index.min() >= 0 else None
+
     def _meta_values(self, key, positions):
         base = self._base_values(key)
-        index = self._stored_index()[positions]
-        if len(index) and index.min() >= 0:   # stored frames only: picked in C
-            return list(operator.itemgetter(*index.tolist())(base)) if len(index) > 1 \
-                else [base[int(index[0])]]
+        stored = self._stored_frames(positions)
+        if stored is not None:   # picked in C
+            return list(operator.itemgetter(*stored.tolist())(base)) if len(stored) > 1 \
+                else [base[i] for i in stored.tolist()]
         return [base[i] if i >= 0 else self._rows[p].meta.get(key, _ABSENT)
-                for i, p in zip(index.tolist(), np.asarray(positions).tolist())]
+                for i, p in zip(self._stored_index()[positions].tolist(),
+                                np.asarray(positions).tolist())]
 
     def _meta_texts(self, key, positions):
-        index = self._stored_index()[positions]
+        index = self._stored_frames(positions)
         stored = self._meta.get(key)
-        if stored is not None and stored[0] == "str" and stored[2] is None and \
-                (not len(index) or index.min() >= 0):
+        if index is not None and stored is not None and stored[0] == "str" and \
+                stored[2] is None:
             return stored[1][index]
         values = self._meta_values(key, positions)
         return np.array([str(None if v is _ABSENT else v) for v in values], str)
 
     def _meta_numbers(self, key, positions):
-        index = self._stored_index()[positions]
+        index = self._stored_frames(positions)
         stored = self._meta.get(key)
-        if stored is not None and stored[0] in ("float", "int") and \
-                (not len(index) or index.min() >= 0):
+        if index is not None and stored is not None and stored[0] in ("float", "int"):
             kind, data, state = stored
             out = data[index].astype(np.float64)
             if state is not None:
